@@ -1,0 +1,579 @@
+//! The application's envelope format and its cryptography.
+//!
+//! An envelope is the JSON object Freeboard writes with Node's `crypto`:
+//! `{"algorithm":"aes-256-gcm","keyId":"v1","iv":…,"ciphertext":…,"authTag":…}` with
+//! standard padded base64, a 12-byte IV, a 16-byte tag and no associated data. Plain Rust, no
+//! pgrx: everything here can be unit-tested and fuzzed without a server.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::key::Key;
+
+pub const ALGORITHM: &str = "aes-256-gcm";
+/// A format tag the application writes and never checks; kept as found when re-sealing.
+pub const KEY_ID: &str = "v1";
+pub const IV_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+
+const FIELD_ALGORITHM: &str = "algorithm";
+const FIELD_KEY_ID: &str = "keyId";
+const FIELD_IV: &str = "iv";
+const FIELD_CIPHERTEXT: &str = "ciphertext";
+const FIELD_TAG: &str = "authTag";
+
+/// Node decodes base64 with or without padding; we read the same way and always write padded,
+/// as Node does.
+const READ_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a stored secret could not be used. Never carries secret material: no key, no plaintext,
+/// no field value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("the secret is not valid JSON")]
+    NotJson,
+    #[error("the secret is not a JSON object")]
+    NotAnObject,
+    #[error("the envelope has no \"{0}\" field")]
+    MissingField(&'static str),
+    #[error("the envelope field \"{0}\" is not a string")]
+    NotAString(&'static str),
+    #[error("the envelope algorithm is not \"aes-256-gcm\"")]
+    UnknownAlgorithm,
+    #[error("the envelope field \"{0}\" is not valid base64")]
+    InvalidBase64(&'static str),
+    #[error("the envelope IV is {0} bytes, not 12")]
+    WrongIvLength(usize),
+    #[error("the envelope authTag is {0} bytes, not 16")]
+    WrongTagLength(usize),
+    #[error("the envelope does not open with the key (wrong key, or the envelope was altered)")]
+    DoesNotOpen,
+    #[error("the envelope does not open with old_key or new_key (wrong key, or the envelope was altered)")]
+    OpensWithNeitherKey,
+    #[error("the decrypted secret is not valid UTF-8")]
+    PlaintextNotUtf8,
+    #[error("the operating system's random number generator failed")]
+    Random,
+}
+
+impl EnvelopeError {
+    /// Structural problems, as opposed to an envelope that is well formed but does not open.
+    pub fn is_malformed(self) -> bool {
+        !matches!(
+            self,
+            EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey | EnvelopeError::Random
+        )
+    }
+}
+
+/// What a stored secret value holds.
+#[derive(Debug)]
+pub enum Secret {
+    /// The column default `{}`: no secret stored.
+    Empty,
+    Sealed(Envelope),
+}
+
+/// A parsed, well-formed envelope. Every field of the original object is kept, in order, so
+/// that re-sealing changes nothing but the IV, ciphertext and tag.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    fields: Map<String, Value>,
+    iv: [u8; IV_LEN],
+    ciphertext: Vec<u8>,
+    tag: [u8; TAG_LEN],
+}
+
+impl Secret {
+    /// Parses a stored secret (the column's text form). Checks structure only; whether it
+    /// opens is a question for a [`Cipher`].
+    pub fn parse(text: &str) -> Result<Secret, EnvelopeError> {
+        let value: Value = serde_json::from_str(text).map_err(|_| EnvelopeError::NotJson)?;
+        Secret::from_value(value)
+    }
+
+    pub fn from_value(value: Value) -> Result<Secret, EnvelopeError> {
+        let Value::Object(fields) = value else {
+            return Err(EnvelopeError::NotAnObject);
+        };
+        if fields.is_empty() {
+            return Ok(Secret::Empty);
+        }
+        Envelope::from_fields(fields).map(Secret::Sealed)
+    }
+}
+
+fn string_field<'a>(
+    fields: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<&'a str, EnvelopeError> {
+    match fields.get(name) {
+        None => Err(EnvelopeError::MissingField(name)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(EnvelopeError::NotAString(name)),
+    }
+}
+
+fn base64_field(fields: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, EnvelopeError> {
+    READ_BASE64
+        .decode(string_field(fields, name)?)
+        .map_err(|_| EnvelopeError::InvalidBase64(name))
+}
+
+impl Envelope {
+    fn from_fields(fields: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        if string_field(&fields, FIELD_ALGORITHM)? != ALGORITHM {
+            return Err(EnvelopeError::UnknownAlgorithm);
+        }
+        let iv = base64_field(&fields, FIELD_IV)?;
+        let iv: [u8; IV_LEN] = iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnvelopeError::WrongIvLength(iv.len()))?;
+        let ciphertext = base64_field(&fields, FIELD_CIPHERTEXT)?;
+        let tag = base64_field(&fields, FIELD_TAG)?;
+        let tag: [u8; TAG_LEN] = tag
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnvelopeError::WrongTagLength(tag.len()))?;
+        Ok(Envelope {
+            fields,
+            iv,
+            ciphertext,
+            tag,
+        })
+    }
+
+    /// The envelope as JSON text, fields in their original order.
+    pub fn to_json(&self) -> String {
+        // Serialising a map of strings and JSON values cannot fail.
+        Value::Object(self.fields.clone()).to_string()
+    }
+
+    /// The envelope as JSON text, consuming it (no copy of the fields).
+    pub fn into_json(self) -> String {
+        Value::Object(self.fields).to_string()
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.fields)
+    }
+}
+
+/// An AES-256-GCM cipher with its key schedule built once, to be reused for every row.
+pub struct Cipher {
+    aead: Aes256Gcm,
+}
+
+impl Cipher {
+    pub fn new(key: &Key) -> Cipher {
+        Cipher {
+            aead: Aes256Gcm::new(key.as_bytes().into()),
+        }
+    }
+
+    /// Opens an envelope to its exact plaintext bytes, which must be UTF-8 (the application
+    /// stores `JSON.stringify` output).
+    pub fn open(&self, envelope: &Envelope) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        let mut buffer = Zeroizing::new(envelope.ciphertext.clone());
+        self.aead
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&envelope.iv),
+                b"",
+                &mut buffer,
+                Tag::from_slice(&envelope.tag),
+            )
+            .map_err(|_| EnvelopeError::DoesNotOpen)?;
+        if std::str::from_utf8(&buffer).is_err() {
+            return Err(EnvelopeError::PlaintextNotUtf8);
+        }
+        Ok(buffer)
+    }
+
+    /// Seals plaintext into a new envelope exactly as the application writes one.
+    pub fn seal(&self, plaintext: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let mut fields = Map::new();
+        fields.insert(FIELD_ALGORITHM.into(), Value::String(ALGORITHM.into()));
+        fields.insert(FIELD_KEY_ID.into(), Value::String(KEY_ID.into()));
+        // Placeholders keep Node's field order; seal_into overwrites them in place.
+        fields.insert(FIELD_IV.into(), Value::Null);
+        fields.insert(FIELD_CIPHERTEXT.into(), Value::Null);
+        fields.insert(FIELD_TAG.into(), Value::Null);
+        self.seal_into(fields, plaintext)
+    }
+
+    /// Re-seals plaintext into an existing envelope's fields with a fresh random IV, keeping
+    /// `keyId`, field order and any field the application may have added.
+    pub fn reseal(&self, envelope: Envelope, plaintext: &[u8]) -> Result<Envelope, EnvelopeError> {
+        self.seal_into(envelope.fields, plaintext)
+    }
+
+    fn seal_into(
+        &self,
+        mut fields: Map<String, Value>,
+        plaintext: &[u8],
+    ) -> Result<Envelope, EnvelopeError> {
+        let mut iv = [0u8; IV_LEN];
+        getrandom::getrandom(&mut iv).map_err(|_| EnvelopeError::Random)?;
+        let mut ciphertext = plaintext.to_vec();
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut ciphertext)
+            // Only fails for plaintexts beyond GCM's 64 GiB limit, far past any Postgres value.
+            .map_err(|_| EnvelopeError::Random)?;
+        let tag: [u8; TAG_LEN] = tag.into();
+        fields.insert(FIELD_IV.into(), Value::String(STANDARD.encode(iv)));
+        fields.insert(
+            FIELD_CIPHERTEXT.into(),
+            Value::String(STANDARD.encode(&ciphertext)),
+        );
+        fields.insert(FIELD_TAG.into(), Value::String(STANDARD.encode(tag)));
+        Ok(Envelope {
+            fields,
+            iv,
+            ciphertext,
+            tag,
+        })
+    }
+}
+
+/// What rotating one stored secret amounts to.
+#[derive(Debug)]
+pub enum Rotation {
+    /// `{}`: nothing stored, left untouched.
+    Empty,
+    /// Already opens with the new key: left untouched.
+    AlreadyCurrent,
+    /// Opened with the old key and re-sealed under the new one.
+    Resealed(Envelope),
+}
+
+/// What checking one stored secret against a key finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Empty,
+    Readable,
+    NotReadable,
+    Malformed(EnvelopeError),
+}
+
+/// Both ciphers of a rotation, built once per call.
+pub struct Rotator {
+    old: Cipher,
+    new: Cipher,
+}
+
+impl Rotator {
+    pub fn new(old: &Key, new: &Key) -> Rotator {
+        Rotator {
+            old: Cipher::new(old),
+            new: Cipher::new(new),
+        }
+    }
+
+    /// Decides the fate of one stored secret. `reseal = false` classifies without encrypting
+    /// (a dry run): `Resealed` then carries the envelope unchanged.
+    pub fn rotate(&self, text: &str, reseal: bool) -> Result<Rotation, EnvelopeError> {
+        let envelope = match Secret::parse(text)? {
+            Secret::Empty => return Ok(Rotation::Empty),
+            Secret::Sealed(envelope) => envelope,
+        };
+        match self.old.open(&envelope) {
+            Ok(plaintext) if reseal => {
+                Ok(Rotation::Resealed(self.new.reseal(envelope, &plaintext)?))
+            }
+            Ok(_) => Ok(Rotation::Resealed(envelope)),
+            Err(EnvelopeError::DoesNotOpen) => match self.new.open(&envelope) {
+                Ok(_) => Ok(Rotation::AlreadyCurrent),
+                Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
+                Err(other) => Err(other),
+            },
+            Err(other) => Err(other),
+        }
+    }
+}
+
+impl Cipher {
+    /// Classifies one stored secret against this key, never failing.
+    pub fn status(&self, text: &str) -> Status {
+        match Secret::parse(text) {
+            Ok(Secret::Empty) => Status::Empty,
+            Ok(Secret::Sealed(envelope)) => match self.open(&envelope) {
+                Ok(_) => Status::Readable,
+                Err(EnvelopeError::DoesNotOpen) => Status::NotReadable,
+                Err(other) => Status::Malformed(other),
+            },
+            Err(other) => Status::Malformed(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Vectors {
+        key_a: Key,
+        key_b: Key,
+        good: Vec<(String, Value)>,
+        malformed: Vec<(String, Value)>,
+        wrong_key: Value,
+    }
+
+    fn vectors() -> Vectors {
+        let raw: Value =
+            serde_json::from_str(include_str!("../tests/vectors/envelopes.json")).unwrap();
+        let pairs = |name: &str, text: &str| -> Vec<(String, Value)> {
+            raw[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v[text].as_str().unwrap().to_owned(), v["envelope"].clone()))
+                .collect()
+        };
+        Vectors {
+            key_a: Key::parse(raw["key_a"].as_str().unwrap()).unwrap(),
+            key_b: Key::parse(raw["key_b"].as_str().unwrap()).unwrap(),
+            good: pairs("good", "plaintext"),
+            malformed: pairs("malformed", "why"),
+            wrong_key: raw["wrong_key"]["envelope"].clone(),
+        }
+    }
+
+    fn sealed(value: &Value) -> Envelope {
+        match Secret::from_value(value.clone()).unwrap() {
+            Secret::Sealed(e) => e,
+            Secret::Empty => panic!("expected an envelope"),
+        }
+    }
+
+    #[test]
+    fn node_envelopes_open_to_their_exact_plaintext() {
+        let v = vectors();
+        assert!(v.good.len() >= 6);
+        let cipher = Cipher::new(&v.key_a);
+        for (plaintext, envelope) in &v.good {
+            let opened = cipher.open(&sealed(envelope)).unwrap();
+            assert_eq!(opened.as_slice(), plaintext.as_bytes());
+        }
+    }
+
+    #[test]
+    fn node_envelopes_do_not_open_with_another_key() {
+        let v = vectors();
+        let cipher = Cipher::new(&v.key_b);
+        for (_, envelope) in &v.good {
+            assert_eq!(
+                cipher.open(&sealed(envelope)).unwrap_err(),
+                EnvelopeError::DoesNotOpen
+            );
+        }
+    }
+
+    #[test]
+    fn every_malformed_vector_is_refused_with_its_reason() {
+        let v = vectors();
+        let cipher = Cipher::new(&v.key_a);
+        let expected = |why: &str| -> EnvelopeError {
+            match why {
+                "tag altered" | "ciphertext altered" | "iv altered" => EnvelopeError::DoesNotOpen,
+                "missing iv" => EnvelopeError::MissingField("iv"),
+                "missing authTag" => EnvelopeError::MissingField("authTag"),
+                "iv not base64" => EnvelopeError::InvalidBase64("iv"),
+                "iv wrong length (16 bytes)" => EnvelopeError::WrongIvLength(16),
+                "tag truncated to 8 bytes" => EnvelopeError::WrongTagLength(8),
+                "unknown algorithm" => EnvelopeError::UnknownAlgorithm,
+                "fields not strings" => EnvelopeError::NotAString("iv"),
+                "not an object" | "a JSON string" => EnvelopeError::NotAnObject,
+                other => panic!("vector {other:?} has no expectation: add one"),
+            }
+        };
+        assert!(v.malformed.len() >= 12);
+        for (why, envelope) in &v.malformed {
+            let got = match Secret::parse(&envelope.to_string()) {
+                Err(e) => e,
+                Ok(Secret::Sealed(e)) => cipher.open(&e).unwrap_err(),
+                Ok(Secret::Empty) => panic!("{why}: parsed as empty"),
+            };
+            assert_eq!(got, expected(why), "vector {why:?}");
+            // Through the rotation path too: never rewritten.
+            let rotator = Rotator::new(&v.key_a, &v.key_b);
+            let err = rotator.rotate(&envelope.to_string(), true).unwrap_err();
+            let want = match expected(why) {
+                EnvelopeError::DoesNotOpen => EnvelopeError::OpensWithNeitherKey,
+                other => other,
+            };
+            assert_eq!(err, want, "rotating vector {why:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_key_vector_opens_only_with_key_b() {
+        let v = vectors();
+        let envelope = sealed(&v.wrong_key);
+        assert_eq!(
+            Cipher::new(&v.key_a).open(&envelope).unwrap_err(),
+            EnvelopeError::DoesNotOpen
+        );
+        assert!(Cipher::new(&v.key_b).open(&envelope).is_ok());
+        let text = v.wrong_key.to_string();
+        assert_eq!(Cipher::new(&v.key_a).status(&text), Status::NotReadable);
+        assert_eq!(Cipher::new(&v.key_b).status(&text), Status::Readable);
+    }
+
+    #[test]
+    fn not_json_and_empty_objects() {
+        assert_eq!(Secret::parse("").unwrap_err(), EnvelopeError::NotJson);
+        assert_eq!(Secret::parse("{").unwrap_err(), EnvelopeError::NotJson);
+        assert_eq!(
+            Secret::parse("null").unwrap_err(),
+            EnvelopeError::NotAnObject
+        );
+        assert_eq!(Secret::parse("42").unwrap_err(), EnvelopeError::NotAnObject);
+        assert!(matches!(Secret::parse("{}"), Ok(Secret::Empty)));
+        assert!(matches!(Secret::parse(" { } "), Ok(Secret::Empty)));
+    }
+
+    #[test]
+    fn plaintext_that_is_not_utf8_is_refused() {
+        let v = vectors();
+        let cipher = Cipher::new(&v.key_a);
+        let envelope = cipher.seal(&[0xff, 0xfe, b'{', b'}']).unwrap();
+        assert_eq!(
+            cipher.open(&envelope).unwrap_err(),
+            EnvelopeError::PlaintextNotUtf8
+        );
+        let rotator = Rotator::new(&v.key_a, &v.key_b);
+        assert_eq!(
+            rotator.rotate(&envelope.to_json(), true).unwrap_err(),
+            EnvelopeError::PlaintextNotUtf8
+        );
+    }
+
+    #[test]
+    fn rotation_reseals_exact_bytes_keeps_fields_and_uses_fresh_ivs() {
+        let v = vectors();
+        let rotator = Rotator::new(&v.key_a, &v.key_b);
+        let new = Cipher::new(&v.key_b);
+        let old = Cipher::new(&v.key_a);
+        for (plaintext, envelope) in &v.good {
+            let mut with_extra = envelope.clone();
+            with_extra["keyId"] = json!("v1");
+            with_extra["note"] = json!({"kept": [1, 2]});
+            let text = with_extra.to_string();
+            let Rotation::Resealed(out) = rotator.rotate(&text, true).unwrap() else {
+                panic!("expected a re-seal");
+            };
+            assert_eq!(new.open(&out).unwrap().as_slice(), plaintext.as_bytes());
+            assert_eq!(old.open(&out).unwrap_err(), EnvelopeError::DoesNotOpen);
+            let json: Value = serde_json::from_str(&out.to_json()).unwrap();
+            assert_eq!(json["note"], json!({"kept": [1, 2]}));
+            assert_eq!(json["keyId"], "v1");
+            assert_eq!(json["algorithm"], ALGORITHM);
+            assert_ne!(json["iv"], with_extra["iv"]);
+            let keys: Vec<&str> = json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            let before: Vec<&str> = with_extra
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            assert_eq!(keys, before, "field order is kept");
+            // Node writes padded standard base64; so do we.
+            for field in ["iv", "ciphertext", "authTag"] {
+                let s = json[field].as_str().unwrap();
+                assert_eq!(STANDARD.encode(STANDARD.decode(s).unwrap()), s, "{field}");
+            }
+            // Re-running finds it current.
+            assert!(matches!(
+                rotator.rotate(&out.to_json(), true).unwrap(),
+                Rotation::AlreadyCurrent
+            ));
+        }
+    }
+
+    #[test]
+    fn two_seals_of_the_same_plaintext_differ() {
+        let v = vectors();
+        let cipher = Cipher::new(&v.key_a);
+        let a = cipher.seal(b"{\"token\":\"x\"}").unwrap();
+        let b = cipher.seal(b"{\"token\":\"x\"}").unwrap();
+        assert_ne!(a.iv, b.iv);
+        assert_ne!(a.to_json(), b.to_json());
+    }
+
+    #[test]
+    fn seal_writes_the_application_field_order() {
+        let v = vectors();
+        let json = Cipher::new(&v.key_a).seal(b"{}").unwrap().to_json();
+        let value: Value = serde_json::from_str(&json).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["algorithm", "keyId", "iv", "ciphertext", "authTag"]);
+        assert_eq!(value["keyId"], KEY_ID);
+    }
+
+    #[test]
+    fn dry_run_classifies_without_encrypting() {
+        let v = vectors();
+        let rotator = Rotator::new(&v.key_a, &v.key_b);
+        let text = v.good[0].1.to_string();
+        let Rotation::Resealed(same) = rotator.rotate(&text, false).unwrap() else {
+            panic!("expected the dry run to find it rotatable");
+        };
+        assert_eq!(same.into_value(), v.good[0].1);
+        assert!(matches!(
+            rotator.rotate("{}", false).unwrap(),
+            Rotation::Empty
+        ));
+    }
+
+    #[test]
+    fn status_reports_each_kind() {
+        let v = vectors();
+        let cipher = Cipher::new(&v.key_a);
+        assert_eq!(cipher.status("{}"), Status::Empty);
+        assert_eq!(cipher.status(&v.good[1].1.to_string()), Status::Readable);
+        assert_eq!(
+            cipher.status("[1]"),
+            Status::Malformed(EnvelopeError::NotAnObject)
+        );
+        assert!(EnvelopeError::NotAnObject.is_malformed());
+        assert!(!EnvelopeError::DoesNotOpen.is_malformed());
+    }
+
+    #[test]
+    fn error_messages_never_carry_envelope_values() {
+        let v = vectors();
+        let rotator = Rotator::new(&v.key_a, &v.key_b);
+        for (_, envelope) in v.malformed.iter().chain(v.good.iter().take(0)) {
+            if let Err(e) = rotator.rotate(&envelope.to_string(), true) {
+                let msg = e.to_string();
+                for field in ["iv", "ciphertext", "authTag"] {
+                    if let Some(s) = envelope.get(field).and_then(Value::as_str) {
+                        assert!(!msg.contains(s), "{msg}");
+                    }
+                }
+            }
+        }
+    }
+}

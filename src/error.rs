@@ -1,0 +1,137 @@
+//! The extension's one error type, and the one place it becomes a Postgres ERROR.
+//!
+//! Messages name arguments, relations, columns and primary keys; they never carry a key, a
+//! plaintext or an envelope field.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+use crate::envelope::EnvelopeError;
+use crate::key::KeyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{arg} is not a valid key: {reason}")]
+    InvalidKey { arg: &'static str, reason: KeyError },
+    #[error("old_key and new_key are the same key")]
+    SameKey,
+    #[error("{0} must not be NULL")]
+    NullArgument(&'static str),
+    #[error("relation \"{0}\" does not exist")]
+    UndefinedTable(String),
+    #[error("\"{0}\" is not a table")]
+    NotATable(String),
+    #[error("column \"{column}\" of relation {table} does not exist")]
+    UndefinedColumn { table: String, column: String },
+    #[error("column {column} of relation {table} is of type {found}, not jsonb, json or text")]
+    WrongColumnType {
+        table: String,
+        column: String,
+        found: String,
+    },
+    #[error(
+        "column {column} of relation {table} is of type {found}, not timestamptz or timestamp"
+    )]
+    WrongTimestampType {
+        table: String,
+        column: String,
+        found: String,
+    },
+    #[error("relation {0} has no primary key")]
+    NoPrimaryKey(String),
+    #[error("cannot re-encrypt row {pk} of {table}: {reason}")]
+    Row {
+        table: String,
+        pk: String,
+        reason: EnvelopeError,
+    },
+    #[error("{0}")]
+    Envelope(EnvelopeError),
+    #[error("a trigger on {table} skipped {skipped} of the rows to re-encrypt")]
+    RowsSkipped { table: String, skipped: i64 },
+    #[error("{0} is only called by credential_reencrypt and credential_verify")]
+    NotInCall(&'static str),
+    #[error("credential_reencrypt and credential_verify cannot be nested")]
+    Nested,
+    #[error("the operating system's random number generator failed")]
+    Random,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("SPI error: {0}")]
+    Spi(#[from] pgrx::spi::SpiError),
+}
+
+impl From<EnvelopeError> for Error {
+    fn from(e: EnvelopeError) -> Error {
+        Error::Envelope(e)
+    }
+}
+
+impl Error {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            Error::InvalidKey { .. } | Error::SameKey | Error::NullArgument(_) => {
+                ERRCODE_INVALID_PARAMETER_VALUE
+            }
+            Error::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
+            Error::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
+            Error::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+            Error::WrongColumnType { .. } | Error::WrongTimestampType { .. } => {
+                ERRCODE_DATATYPE_MISMATCH
+            }
+            Error::NoPrimaryKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
+            Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            Error::NotInCall(_) | Error::Nested => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::Random | Error::Internal(_) | Error::Spi(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::Row { .. } | Error::RowsSkipped { .. } => {
+                Some("No row was changed. credential_verify_rows() lists every row that does not open with a key.")
+            }
+            Error::InvalidKey { .. } => Some(
+                "A key is the standard base64 of 32 random bytes, as credential_generate_key() returns.",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Raises this error as a Postgres ERROR. Never returns.
+    pub fn report(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "credential_rotate");
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+}
+
+fn envelope_sqlstate(reason: EnvelopeError) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match reason {
+        // Well formed, but the key does not open it: the data and the key do not belong together.
+        EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey => ERRCODE_DATA_EXCEPTION,
+        EnvelopeError::Random => ERRCODE_INTERNAL_ERROR,
+        // The value is not an envelope the extension can read.
+        _ => ERRCODE_INVALID_TEXT_REPRESENTATION,
+    }
+}
+
+/// Unwraps a result or raises its error.
+pub trait OrReport<T> {
+    fn or_report(self) -> T;
+}
+
+impl<T, E: Into<Error>> OrReport<T> for Result<T, E> {
+    fn or_report(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.into().report(),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Keeping the keys out of the server log.
+//!
+//! A call like `SELECT credential_reencrypt('<old>', '<new>')` carries both keys in its text.
+//! When a statement fails, Postgres writes its text to the server log as a `STATEMENT:` line
+//! (`log_min_error_statement`, default `error`). Postgres offers `errhidestmt()` to suppress
+//! that line, but it has to be set on the error itself, and many errors in such a statement are
+//! not ours (a lock timeout, a cancel, a constraint violation in a trigger).
+//!
+//! So every function that receives a key marks the current statement, and an `emit_log_hook`
+//! sets `hide_stmt` on any report emitted while that statement is still the current one. The
+//! statement is identified by its start timestamp, which Postgres sets once per client
+//! statement and keeps across the error recovery that emits the report.
+
+use pgrx::pg_sys;
+use std::cell::Cell;
+
+thread_local! {
+    /// Start timestamp of the last client statement that passed a key to the extension.
+    static MARKED_STATEMENT: Cell<Option<pg_sys::TimestampTz>> = const { Cell::new(None) };
+}
+
+static mut PREVIOUS_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// Records that the current statement's text may hold a key.
+pub fn mark_statement() {
+    // SAFETY: reads a backend-local timestamp; always valid inside a transaction.
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    MARKED_STATEMENT.with(|m| m.set(Some(now)));
+}
+
+fn statement_is_marked() -> bool {
+    let marked = MARKED_STATEMENT.with(Cell::get);
+    // SAFETY: as above.
+    marked.is_some_and(|ts| ts == unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn hide_statement_hook(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: Postgres passes the error being emitted; it is valid for this call.
+    unsafe {
+        if !edata.is_null() && statement_is_marked() {
+            (*edata).hide_stmt = true;
+        }
+        if let Some(previous) = PREVIOUS_HOOK {
+            previous(edata);
+        }
+    }
+}
+
+/// Installs the hook; called once from `_PG_init`.
+pub fn install() {
+    // SAFETY: _PG_init runs once per backend, single-threaded, before any of our functions.
+    unsafe {
+        PREVIOUS_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(hide_statement_hook);
+    }
+}

@@ -1,0 +1,401 @@
+//! `credential_reencrypt`, `credential_verify` and the per-row helpers they drive.
+//!
+//! A rotation is one set-based statement:
+//!
+//! ```sql
+//! UPDATE t SET col = _credential_reencrypt_take(ctid)::<type>
+//!  WHERE _credential_reencrypt_row(tableoid, ctid, col::text)
+//! ```
+//!
+//! The keys never appear in that statement. The calling function parses them once, builds
+//! both AES key schedules once, and installs them as the backend's *active call*; the helpers
+//! find them there. `_row` decides each row's fate in the scan's qual — counting it, raising an
+//! ERROR naming the row if it opens with neither key — and stashes the re-sealed envelope;
+//! `_take` hands it to the UPDATE's target list for the same tuple, checking the ctid. Rows
+//! that are empty or already current fail the qual and are not rewritten at all. Rows are
+//! streamed by the executor, never collected.
+
+use std::cell::RefCell;
+
+use pgrx::prelude::*;
+
+use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Status};
+use crate::error::{Error, OrReport};
+use crate::functions::parse_key;
+use crate::hygiene;
+use crate::target::Target;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    scanned: i64,
+    updated: i64,
+    already_current: i64,
+    empty: i64,
+}
+
+enum Work {
+    Rotate { rotator: Rotator, dry_run: bool },
+    Verify { cipher: Cipher },
+}
+
+struct ActiveCall {
+    work: Work,
+    target: Target,
+    counts: Counts,
+    /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
+    stash: Option<(pg_sys::ItemPointerData, String)>,
+}
+
+thread_local! {
+    static ACTIVE: RefCell<Option<ActiveCall>> = const { RefCell::new(None) };
+}
+
+/// Owns the active call for the duration of one top-level function call. Dropping it — on
+/// return or while an ERROR unwinds — removes the keys from the backend, and the ciphers'
+/// key schedules are wiped as they drop.
+struct ActiveGuard;
+
+impl ActiveGuard {
+    fn install(work: Work, target: Target) -> Result<ActiveGuard, Error> {
+        ACTIVE.with(|a| {
+            let mut slot = a.borrow_mut();
+            if slot.is_some() {
+                return Err(Error::Nested);
+            }
+            *slot = Some(ActiveCall {
+                work,
+                target,
+                counts: Counts::default(),
+                stash: None,
+            });
+            Ok(ActiveGuard)
+        })
+    }
+
+    fn counts(&self) -> Counts {
+        ACTIVE.with(|a| a.borrow().as_ref().map(|c| c.counts).unwrap_or_default())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| {
+            if let Ok(mut slot) = a.try_borrow_mut() {
+                slot.take();
+            }
+        });
+    }
+}
+
+/// Re-encrypts every secret of the target column from `old_key` to `new_key`, in place, in
+/// the caller's transaction.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_reencrypt(
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+    target_table: default!(Option<&str>, "'credential_profiles'"),
+    secret_column: default!(Option<&str>, "'secret'"),
+    dry_run: default!(Option<bool>, false),
+    touch_updated_at: default!(Option<bool>, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(scanned, i64),
+        name!(updated, i64),
+        name!(already_current, i64),
+        name!(empty, i64),
+    ),
+> {
+    hygiene::mark_statement();
+    let old = parse_key("old_key", old_key).or_report();
+    let new = parse_key("new_key", new_key).or_report();
+    if old == new {
+        Error::SameKey.report();
+    }
+    let table = target_table
+        .ok_or(Error::NullArgument("target_table"))
+        .or_report();
+    let column = secret_column
+        .ok_or(Error::NullArgument("secret_column"))
+        .or_report();
+    let dry_run = dry_run.ok_or(Error::NullArgument("dry_run")).or_report();
+    let touch = touch_updated_at
+        .ok_or(Error::NullArgument("touch_updated_at"))
+        .or_report();
+    let rotator = Rotator::new(&old, &new);
+    drop((old, new));
+
+    let counts = Spi::connect_mut(|client| -> Result<Counts, Error> {
+        let target = Target::resolve(client, table, column)?;
+        let touch_column = if touch {
+            Some(target.timestamp_column(client, "updated_at")?)
+        } else {
+            None
+        };
+        let relation = target.relation.clone();
+        let statement = if dry_run {
+            format!(
+                "SELECT count(*) FROM {rel} WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                rel = target.relation,
+                ext = target.ext_schema,
+                col = target.column,
+            )
+        } else {
+            let touch = touch_column
+                .map(|c| format!(", {c} = pg_catalog.now()"))
+                .unwrap_or_default();
+            format!(
+                "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take(ctid)::{ty}{touch}
+                  WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                rel = target.relation,
+                ext = target.ext_schema,
+                col = target.column,
+                ty = target.column_type.sql(),
+            )
+        };
+        if !dry_run {
+            // Readers go on; writers wait for our commit, so no row can be written under the
+            // old key behind the scan; a second rotation waits for the first. Honours
+            // lock_timeout like any LOCK.
+            client.update(
+                &format!("LOCK TABLE {relation} IN SHARE ROW EXCLUSIVE MODE"),
+                None,
+                &[],
+            )?;
+        }
+        let guard = ActiveGuard::install(Work::Rotate { rotator, dry_run }, target)?;
+        let processed = client.update(&statement, None, &[])?.len() as i64;
+        let counts = guard.counts();
+        drop(guard);
+        if !dry_run && processed != counts.updated {
+            return Err(Error::RowsSkipped {
+                table: relation,
+                skipped: counts.updated - processed,
+            });
+        }
+        Ok(counts)
+    })
+    .or_report();
+
+    TableIterator::once((
+        counts.scanned,
+        counts.updated,
+        counts.already_current,
+        counts.empty,
+    ))
+}
+
+/// The qual of a rotation: true when the row was opened with the old key and re-sealed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_row(
+    tableoid: pg_sys::Oid,
+    ctid: pg_sys::ItemPointerData,
+    secret: Option<&str>,
+) -> bool {
+    let outcome = ACTIVE.with(|a| -> Result<Result<bool, EnvelopeError>, Error> {
+        let mut slot = a.borrow_mut();
+        let call = slot
+            .as_mut()
+            .ok_or(Error::NotInCall("_credential_reencrypt_row"))?;
+        let Work::Rotate { rotator, dry_run } = &call.work else {
+            return Err(Error::NotInCall("_credential_reencrypt_row"));
+        };
+        call.counts.scanned += 1;
+        let Some(secret) = secret else {
+            call.counts.empty += 1;
+            return Ok(Ok(false));
+        };
+        Ok(match rotator.rotate(secret, !*dry_run) {
+            Ok(Rotation::Empty) => {
+                call.counts.empty += 1;
+                Ok(false)
+            }
+            Ok(Rotation::AlreadyCurrent) => {
+                call.counts.already_current += 1;
+                Ok(false)
+            }
+            Ok(Rotation::Resealed(envelope)) => {
+                call.counts.updated += 1;
+                if !*dry_run {
+                    call.stash = Some((ctid, envelope.into_json()));
+                }
+                Ok(true)
+            }
+            Err(reason) => Err(reason),
+        })
+    });
+    match outcome.or_report() {
+        Ok(update) => update,
+        Err(reason) => {
+            // Outside the borrow: describing the row runs a query.
+            let target = ACTIVE
+                .with(|a| a.borrow().as_ref().map(|c| c.target.clone()))
+                .ok_or(Error::NotInCall("_credential_reencrypt_row"))
+                .or_report();
+            Error::Row {
+                pk: target.describe_row(tableoid, ctid),
+                table: target.relation,
+                reason,
+            }
+            .report()
+        }
+    }
+}
+
+/// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> String {
+    ACTIVE
+        .with(|a| -> Result<String, Error> {
+            let mut slot = a.borrow_mut();
+            let call = slot
+                .as_mut()
+                .ok_or(Error::NotInCall("_credential_reencrypt_take"))?;
+            match call.stash.take() {
+                Some((stashed, envelope)) if same_tid(stashed, ctid) => Ok(envelope),
+                // The executor evaluates a scan's qual and target list for one tuple before it
+                // reads the next; anything else would pair a row with another row's secret.
+                _ => Err(Error::Internal(
+                    "re-sealed envelope does not belong to the row being updated".into(),
+                )),
+            }
+        })
+        .or_report()
+}
+
+/// Counts how the secrets of the target column fare against `key`. Changes nothing.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_verify(
+    key: Option<&str>,
+    target_table: default!(Option<&str>, "'credential_profiles'"),
+    secret_column: default!(Option<&str>, "'secret'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(readable, i64),
+        name!(not_readable, i64),
+        name!(empty, i64),
+        name!(malformed, i64),
+    ),
+> {
+    let counts = with_verify_call(key, target_table, secret_column, |client, target| {
+        let row = client
+            .select(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE s = 'readable'),
+                            count(*) FILTER (WHERE s = 'not_readable'),
+                            count(*) FILTER (WHERE s = 'empty'),
+                            count(*) FILTER (WHERE s NOT IN ('readable', 'not_readable', 'empty'))
+                       FROM (SELECT {ext}._credential_status({col}::pg_catalog.text) AS s
+                               FROM {rel}) AS statuses",
+                    ext = target.ext_schema,
+                    col = target.column,
+                    rel = target.relation,
+                ),
+                Some(1),
+                &[],
+            )?
+            .first();
+        let (a, b, c) = row.get_three::<i64, i64, i64>()?;
+        let d = row.get::<i64>(4)?;
+        Ok((
+            a.unwrap_or(0),
+            b.unwrap_or(0),
+            c.unwrap_or(0),
+            d.unwrap_or(0),
+        ))
+    });
+    TableIterator::once(counts)
+}
+
+/// Lists the rows whose secret does not open with `key`: primary key and reason, never secret
+/// material. For diagnosis before or after a rotation.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_verify_rows(
+    key: Option<&str>,
+    target_table: default!(Option<&str>, "'credential_profiles'"),
+    secret_column: default!(Option<&str>, "'secret'"),
+) -> TableIterator<'static, (name!(primary_key, String), name!(reason, String))> {
+    let rows = with_verify_call(key, target_table, secret_column, |client, target| {
+        let table = client.select(
+            &format!(
+                "SELECT $1 || '=(' || pk || ')',
+                        CASE s WHEN 'not_readable' THEN 'the envelope does not open with the key'
+                               ELSE s END
+                   FROM (SELECT {pk} AS pk, {ext}._credential_status({col}::pg_catalog.text) AS s
+                           FROM {rel}) AS statuses
+                  WHERE s NOT IN ('readable', 'empty')
+                  ORDER BY pk",
+                pk = target.pk_value_expr,
+                ext = target.ext_schema,
+                col = target.column,
+                rel = target.relation,
+            ),
+            None,
+            &[target.pk_columns.as_str().into()],
+        )?;
+        let mut rows = Vec::new();
+        for row in table {
+            let pk = row.get::<String>(1)?.unwrap_or_default();
+            let reason = row.get::<String>(2)?.unwrap_or_default();
+            rows.push((pk, reason));
+        }
+        Ok(rows)
+    });
+    TableIterator::new(rows)
+}
+
+fn with_verify_call<R>(
+    key: Option<&str>,
+    target_table: Option<&str>,
+    secret_column: Option<&str>,
+    body: impl FnOnce(&pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
+) -> R {
+    hygiene::mark_statement();
+    let key = parse_key("key", key).or_report();
+    let table = target_table
+        .ok_or(Error::NullArgument("target_table"))
+        .or_report();
+    let column = secret_column
+        .ok_or(Error::NullArgument("secret_column"))
+        .or_report();
+    let cipher = Cipher::new(&key);
+    drop(key);
+    Spi::connect(|client| -> Result<R, Error> {
+        let target = Target::resolve(client, table, column)?;
+        let _guard = ActiveGuard::install(Work::Verify { cipher }, target.clone())?;
+        body(client, &target)
+    })
+    .or_report()
+}
+
+/// Per-row status under the active `credential_verify` key: `empty`, `readable`,
+/// `not_readable`, or the reason the value is malformed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_status(secret: Option<&str>) -> String {
+    ACTIVE
+        .with(|a| -> Result<String, Error> {
+            let mut slot = a.borrow_mut();
+            let call = slot
+                .as_mut()
+                .ok_or(Error::NotInCall("_credential_status"))?;
+            let Work::Verify { cipher } = &call.work else {
+                return Err(Error::NotInCall("_credential_status"));
+            };
+            call.counts.scanned += 1;
+            let Some(secret) = secret else {
+                return Ok("empty".into());
+            };
+            Ok(match cipher.status(secret) {
+                Status::Empty => "empty".into(),
+                Status::Readable => "readable".into(),
+                Status::NotReadable => "not_readable".into(),
+                Status::Malformed(reason) => reason.to_string(),
+            })
+        })
+        .or_report()
+}
+
+fn same_tid(a: pg_sys::ItemPointerData, b: pg_sys::ItemPointerData) -> bool {
+    pgrx::itemptr::item_pointer_to_u64(a) == pgrx::itemptr::item_pointer_to_u64(b)
+}
