@@ -1,0 +1,646 @@
+//! `#[pg_test]`s of the SQL surface. Each test works on its own table so that tests can run
+//! in any order; errors are caught in a subtransaction (`try_sql`) so that a test can check
+//! the SQLSTATE, the message and that nothing changed.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const KEY_A: &str = "y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q=";
+    const KEY_B: &str = "PqY24adaBxBoQtbZuDIC7KFXE1iJzoKgRpTDjZVmOsc=";
+    const KEY_C: &str = "6fYx3zeZFQ1n6rJbJdX6bHvZ9kD0n2o8o5H1lY0GkQ4=";
+
+    const VECTORS: &str = include_str!("../tests/vectors/envelopes.json");
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn quote(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+
+    /// Runs `sql` in a subtransaction; returns `SQLSTATE: message` if it failed.
+    fn try_sql(sql: &str) -> Option<String> {
+        run(
+            "CREATE OR REPLACE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN NULL;
+             EXCEPTION WHEN others THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        );
+        one::<String>(&format!("SELECT pg_temp.try_sql({})", quote(sql)))
+    }
+
+    fn expect_error(sql: &str, sqlstate: &str, fragment: &str) -> String {
+        let err = try_sql(sql).unwrap_or_else(|| panic!("expected an error from {sql}"));
+        assert!(err.starts_with(sqlstate), "{sql}: got {err}");
+        assert!(err.contains(fragment), "{sql}: got {err}");
+        err
+    }
+
+    /// Freeboard's table, as its migrations create it.
+    fn create_profiles(table: &str) {
+        run(&format!(
+            "CREATE TABLE {table} (
+               id TEXT PRIMARY KEY,
+               name TEXT NOT NULL UNIQUE,
+               description TEXT NOT NULL DEFAULT '',
+               type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
+               allow_public_use BOOLEAN NOT NULL DEFAULT FALSE,
+               metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb,
+               secret JSONB NOT NULL DEFAULT '{{}}'::jsonb,
+               created_by TEXT, updated_by TEXT,
+               created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+               updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
+        ));
+    }
+
+    /// Seeds `n` sealed rows under `key` plus `empty` rows holding the `{}` default.
+    fn seed(table: &str, n: i32, empty: i32, key: &str) {
+        run(&format!(
+            "INSERT INTO {table} (id, name, type, secret)
+             SELECT 'p' || i, 'profile ' || i, 'bearer',
+                    credential_encrypt(jsonb_build_object('token', md5(i::text), 'n', i), {k})
+               FROM generate_series(1, {n}) i",
+            k = quote(key)
+        ));
+        run(&format!(
+            "INSERT INTO {table} (id, name) SELECT 'e' || i, 'empty ' || i FROM generate_series(1, {empty}) i"
+        ));
+    }
+
+    /// Every row's secret as text, in primary key order: what "nothing changed" compares.
+    fn snapshot(table: &str) -> String {
+        one::<String>(&format!(
+            "SELECT string_agg(id || '=' || secret::text, E'\\n' ORDER BY id) FROM {table}"
+        ))
+        .unwrap_or_default()
+    }
+
+    fn counts(sql: &str) -> (i64, i64, i64, i64) {
+        Spi::connect(|c| {
+            let row = c.select(sql, Some(1), &[])?.first();
+            Ok::<_, pgrx::spi::Error>((
+                row.get::<i64>(1)?.unwrap_or(-1),
+                row.get::<i64>(2)?.unwrap_or(-1),
+                row.get::<i64>(3)?.unwrap_or(-1),
+                row.get::<i64>(4)?.unwrap_or(-1),
+            ))
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn reencrypt(old: &str, new: &str, extra: &str) -> (i64, i64, i64, i64) {
+        counts(&format!(
+            "SELECT * FROM credential_reencrypt({}, {}{extra})",
+            quote(old),
+            quote(new)
+        ))
+    }
+
+    fn verify(key: &str, extra: &str) -> (i64, i64, i64, i64) {
+        counts(&format!(
+            "SELECT * FROM credential_verify({}{extra})",
+            quote(key)
+        ))
+    }
+
+    #[pg_test]
+    fn rotation_reseals_every_row_under_the_new_key_only() {
+        create_profiles("rot1");
+        seed("rot1", 50, 3, KEY_A);
+        run("CREATE TEMP TABLE rot1_before AS SELECT id, credential_decrypt(secret, 'y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q=') AS plain, secret FROM rot1");
+
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot1'"), (53, 50, 0, 3));
+
+        // Same plaintext bytes under the new key, for every row.
+        let mismatched = one::<i64>(&format!(
+            "SELECT count(*) FROM rot1 r JOIN rot1_before b USING (id)
+              WHERE credential_decrypt(r.secret, {}) IS DISTINCT FROM b.plain",
+            quote(KEY_B)
+        ));
+        assert_eq!(mismatched, Some(0));
+        // Nothing opens with the old key any more, and every IV is fresh.
+        assert_eq!(verify(KEY_A, ", 'rot1'"), (0, 50, 3, 0));
+        assert_eq!(verify(KEY_B, ", 'rot1'"), (50, 0, 3, 0));
+        let reused_iv = one::<i64>(
+            "SELECT count(*) FROM rot1 r JOIN rot1_before b USING (id)
+              WHERE r.secret <> '{}' AND r.secret->>'iv' = b.secret->>'iv'",
+        );
+        assert_eq!(reused_iv, Some(0));
+        // keyId and algorithm kept; empty rows untouched.
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM rot1 WHERE secret <> '{}' AND (secret->>'keyId' <> 'v1' OR secret->>'algorithm' <> 'aes-256-gcm')"),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM rot1 WHERE secret = '{}'"),
+            Some(3)
+        );
+    }
+
+    #[pg_test]
+    fn rerun_is_a_no_op_and_swapping_the_keys_rolls_back() {
+        create_profiles("rot2");
+        seed("rot2", 20, 2, KEY_A);
+        run("CREATE TEMP TABLE rot2_plain AS SELECT id, credential_decrypt(secret, 'y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q=') AS plain FROM rot2");
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot2'"), (22, 20, 0, 2));
+        let after_first = snapshot("rot2");
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot2'"), (22, 0, 20, 2));
+        assert_eq!(snapshot("rot2"), after_first, "a re-run rewrites nothing");
+
+        assert_eq!(reencrypt(KEY_B, KEY_A, ", 'rot2'"), (22, 20, 0, 2));
+        assert_eq!(verify(KEY_A, ", 'rot2'"), (20, 0, 2, 0));
+        let mismatched = one::<i64>(&format!(
+            "SELECT count(*) FROM rot2 r JOIN rot2_plain p USING (id)
+              WHERE credential_decrypt(r.secret, {}) IS DISTINCT FROM p.plain",
+            quote(KEY_A)
+        ));
+        assert_eq!(mismatched, Some(0));
+    }
+
+    #[pg_test]
+    fn rows_the_application_already_rewrote_count_as_current() {
+        create_profiles("rot3");
+        seed("rot3", 10, 0, KEY_A);
+        run(&format!(
+            "UPDATE rot3 SET secret = credential_encrypt('{{\"token\":\"new\"}}'::text, {}) WHERE id IN ('p1', 'p2')",
+            quote(KEY_B)
+        ));
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot3'"), (10, 8, 2, 0));
+        assert_eq!(verify(KEY_B, ", 'rot3'"), (10, 0, 0, 0));
+    }
+
+    #[pg_test]
+    fn a_bad_row_stops_the_call_names_the_row_and_changes_nothing() {
+        let vectors: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        create_profiles("rot4");
+        seed("rot4", 30, 2, KEY_A);
+        let mut cases: Vec<(String, String)> = vectors["malformed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["why"].as_str().unwrap().to_owned(),
+                    m["envelope"].to_string(),
+                )
+            })
+            .collect();
+        cases.push((
+            "sealed under a third key".into(),
+            one::<String>(&format!(
+                "SELECT credential_encrypt('{{}}'::text, {})::text",
+                quote(KEY_C)
+            ))
+            .unwrap(),
+        ));
+        for (why, envelope) in cases {
+            run(&format!(
+                "UPDATE rot4 SET secret = {}::jsonb WHERE id = 'p17'",
+                quote(&envelope)
+            ));
+            let before = snapshot("rot4");
+            let err = expect_error(
+                &format!(
+                    "SELECT * FROM credential_reencrypt({}, {}, 'rot4')",
+                    quote(KEY_A),
+                    quote(KEY_B)
+                ),
+                if why.contains("altered") || why.contains("third key") {
+                    "22000"
+                } else {
+                    "22P02"
+                },
+                "(id)=(p17)",
+            );
+            assert!(err.contains("public.rot4"), "{why}: {err}");
+            assert!(!err.contains(KEY_A) && !err.contains(KEY_B), "{why}: {err}");
+            assert_eq!(snapshot("rot4"), before, "{why}: nothing may change");
+            // A dry run reports the same row.
+            expect_error(
+                &format!(
+                    "SELECT * FROM credential_reencrypt({}, {}, 'rot4', dry_run => true)",
+                    quote(KEY_A),
+                    quote(KEY_B)
+                ),
+                "22",
+                "(id)=(p17)",
+            );
+        }
+    }
+
+    #[pg_test]
+    fn a_rolled_back_rotation_leaves_the_old_envelopes() {
+        create_profiles("rot5");
+        seed("rot5", 10, 1, KEY_A);
+        let before = snapshot("rot5");
+        // A subtransaction that rotates and then fails: the rotation is undone with it.
+        let err = try_sql(&format!(
+            "DO $$ BEGIN
+               PERFORM * FROM credential_reencrypt({}, {}, 'rot5');
+               IF (SELECT count(*) FROM rot5 WHERE credential_decrypt(secret, {}) IS NOT NULL) <> 10 THEN
+                 RAISE EXCEPTION 'rotation did not happen';
+               END IF;
+               RAISE EXCEPTION 'caller aborts';
+             END $$",
+            quote(KEY_A),
+            quote(KEY_B),
+            quote(KEY_B)
+        ));
+        assert!(err.unwrap_or_default().contains("caller aborts"));
+        assert_eq!(snapshot("rot5"), before);
+    }
+
+    #[pg_test]
+    fn dry_run_counts_without_writing() {
+        create_profiles("rot6");
+        seed("rot6", 12, 2, KEY_A);
+        let before = snapshot("rot6");
+        assert_eq!(
+            reencrypt(KEY_A, KEY_B, ", 'rot6', dry_run => true"),
+            (14, 12, 0, 2)
+        );
+        assert_eq!(snapshot("rot6"), before);
+    }
+
+    #[pg_test]
+    fn bad_keys_are_refused_naming_the_argument_never_its_value() {
+        create_profiles("credential_profiles");
+        let thirty_one = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==";
+        for (old, new, arg, why) in [
+            ("NULL".to_string(), quote(KEY_B), "old_key", "NULL"),
+            (quote(KEY_A), "NULL".to_string(), "new_key", "NULL"),
+            ("''".to_string(), quote(KEY_B), "old_key", "empty"),
+            (quote(KEY_A), "'   '".into(), "new_key", "empty"),
+            (
+                "'not base64!'".to_string(),
+                quote(KEY_B),
+                "old_key",
+                "base64",
+            ),
+            (quote(thirty_one), quote(KEY_B), "old_key", "31 bytes"),
+            (quote(KEY_A), quote(&KEY_B[..20]), "new_key", "15 bytes"),
+        ] {
+            let sql = format!("SELECT * FROM credential_reencrypt({old}, {new})");
+            let err = expect_error(&sql, "22023", arg);
+            assert!(err.contains(why), "{sql}: {err}");
+            for secret in [KEY_A, KEY_B, thirty_one, &KEY_B[..20]] {
+                assert!(!err.contains(secret), "{err}");
+            }
+        }
+        // The same key, also when written differently.
+        let url_safe = KEY_A.replace('+', "-").replace('/', "_");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {})",
+                quote(KEY_A),
+                quote(&url_safe)
+            ),
+            "22023",
+            "same key",
+        );
+        for f in [
+            "credential_encrypt('{}'::text, 'short')",
+            "credential_decrypt('{}'::text, NULL)",
+            "credential_key_fingerprint('')",
+            "credential_verify('nope')",
+        ] {
+            let err = expect_error(&format!("SELECT {f}"), "22023", "key");
+            assert!(err.contains("key is not a valid key"), "{f}: {err}");
+        }
+    }
+
+    #[pg_test]
+    fn keys_are_accepted_as_the_application_accepts_them() {
+        create_profiles("rot7");
+        seed("rot7", 3, 0, KEY_A);
+        let sloppy = format!(
+            " {}\n",
+            KEY_B
+                .trim_end_matches('=')
+                .replace('+', "-")
+                .replace('/', "_")
+        );
+        assert_eq!(reencrypt(KEY_A, &sloppy, ", 'rot7'"), (3, 3, 0, 0));
+        assert_eq!(verify(KEY_B, ", 'rot7'"), (3, 0, 0, 0));
+    }
+
+    #[pg_test]
+    fn node_sealed_vectors_open_in_the_extension() {
+        let vectors: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        let key_a = vectors["key_a"].as_str().unwrap();
+        for good in vectors["good"].as_array().unwrap() {
+            let opened = one::<String>(&format!(
+                "SELECT credential_decrypt({}::jsonb, {})",
+                quote(&good["envelope"].to_string()),
+                quote(key_a)
+            ));
+            assert_eq!(opened.as_deref(), good["plaintext"].as_str());
+            let from_text = one::<String>(&format!(
+                "SELECT credential_decrypt({}::text, {})",
+                quote(&good["envelope"].to_string()),
+                quote(key_a)
+            ));
+            assert_eq!(from_text.as_deref(), good["plaintext"].as_str());
+        }
+        expect_error(
+            &format!(
+                "SELECT credential_decrypt({}::jsonb, {})",
+                quote(&vectors["wrong_key"]["envelope"].to_string()),
+                quote(key_a)
+            ),
+            "22000",
+            "does not open",
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT credential_decrypt('{{}}'::jsonb, {})",
+                quote(key_a)
+            )),
+            None
+        );
+    }
+
+    #[pg_test]
+    fn encrypt_writes_the_application_format() {
+        let env = one::<pgrx::JsonB>(&format!(
+            "SELECT credential_encrypt('{{\"username\": \"u\", \"password\": \"p\"}}'::jsonb, {})",
+            quote(KEY_A)
+        ))
+        .unwrap()
+        .0;
+        let obj = env.as_object().unwrap();
+        assert_eq!(obj["algorithm"], "aes-256-gcm");
+        assert_eq!(obj["keyId"], "v1");
+        assert_eq!(
+            obj["iv"].as_str().unwrap().len(),
+            16,
+            "12 bytes, padded base64"
+        );
+        assert_eq!(
+            obj["authTag"].as_str().unwrap().len(),
+            24,
+            "16 bytes, padded base64"
+        );
+        // The plaintext is JSON.stringify's compact form.
+        let opened = one::<String>(&format!(
+            "SELECT credential_decrypt({}::jsonb, {})",
+            quote(&env.to_string()),
+            quote(KEY_A)
+        ));
+        assert_eq!(
+            opened.as_deref(),
+            Some(r#"{"password":"p","username":"u"}"#)
+        );
+        assert_eq!(
+            one::<pgrx::JsonB>(&format!(
+                "SELECT credential_encrypt(NULL::jsonb, {})",
+                quote(KEY_A)
+            ))
+            .map(|j| j.0),
+            None
+        );
+    }
+
+    #[pg_test]
+    fn extra_envelope_fields_survive_a_rotation() {
+        create_profiles("rot8");
+        run(&format!(
+            "INSERT INTO rot8 (id, name, secret)
+             VALUES ('x', 'x', credential_encrypt('{{\"token\":\"t\"}}'::text, {}) || '{{\"keyId\": \"legacy\", \"rotatedBy\": {{\"who\": [1, 2]}}}}')",
+            quote(KEY_A)
+        ));
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot8'"), (1, 1, 0, 0));
+        assert_eq!(
+            one::<String>("SELECT secret->>'keyId' FROM rot8").as_deref(),
+            Some("legacy")
+        );
+        assert_eq!(
+            one::<String>("SELECT (secret->'rotatedBy')::text FROM rot8").as_deref(),
+            Some(r#"{"who": [1, 2]}"#)
+        );
+    }
+
+    #[pg_test]
+    fn json_and_text_columns_and_quoted_names() {
+        run(r#"CREATE SCHEMA "Tenant One""#);
+        run(
+            r#"CREATE TABLE "Tenant One"."Profiles ""x""" (pk int PRIMARY KEY, "Sealed Secret" text, j json)"#,
+        );
+        run(&format!(
+            r#"INSERT INTO "Tenant One"."Profiles ""x""" VALUES
+               (1, credential_encrypt('{{"a":1}}'::text, {a})::text, credential_encrypt('{{"a":1}}'::text, {a})::json),
+               (2, NULL, NULL),
+               (3, '{{}}', '{{}}')"#,
+            a = quote(KEY_A)
+        ));
+        let table = quote(r#""Tenant One"."Profiles ""x""""#);
+        assert_eq!(
+            reencrypt(KEY_A, KEY_B, &format!(", {table}, 'Sealed Secret'")),
+            (3, 1, 0, 2)
+        );
+        assert_eq!(
+            reencrypt(KEY_A, KEY_B, &format!(", {table}, 'j'")),
+            (3, 1, 0, 2)
+        );
+        // Written back as the column's own type: compact text, fields in the order found.
+        let order = |col: &str| {
+            one::<String>(&format!(
+                r#"SELECT string_agg(k, ',') FROM "Tenant One"."Profiles ""x""",
+                          json_object_keys({col}::json) k WHERE pk = 1"#
+            ))
+        };
+        let text = one::<String>(
+            r#"SELECT "Sealed Secret" FROM "Tenant One"."Profiles ""x""" WHERE pk = 1"#,
+        )
+        .unwrap();
+        assert!(!text.contains(": "), "{text}");
+        assert_eq!(
+            order(r#""Sealed Secret""#).as_deref(),
+            Some("iv,keyId,authTag,algorithm,ciphertext")
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                r#"SELECT credential_decrypt("Sealed Secret", {}) FROM "Tenant One"."Profiles ""x""" WHERE pk = 1"#,
+                quote(KEY_B)
+            ))
+            .as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                r#"SELECT credential_decrypt(j::text, {}) FROM "Tenant One"."Profiles ""x""" WHERE pk = 1"#,
+                quote(KEY_B)
+            ))
+            .as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+    }
+
+    #[pg_test]
+    fn missing_tables_columns_and_wrong_types_get_standard_sqlstates() {
+        create_profiles("rot9");
+        let call = |extra: &str| {
+            format!(
+                "SELECT * FROM credential_reencrypt({}, {}{extra})",
+                quote(KEY_A),
+                quote(KEY_B)
+            )
+        };
+        expect_error(&call(", 'no_such_table'"), "42P01", "no_such_table");
+        expect_error(
+            &call(", 'rot9', 'no_such_column'"),
+            "42703",
+            "no_such_column",
+        );
+        expect_error(
+            &call(", 'rot9', 'created_at'"),
+            "42804",
+            "timestamp with time zone",
+        );
+        expect_error(&call(", 'rot9', 'allow_public_use'"), "42804", "boolean");
+        run("CREATE TABLE rot9_nopk (secret jsonb)");
+        expect_error(&call(", 'rot9_nopk'"), "55000", "no primary key");
+        run("CREATE VIEW rot9_view AS SELECT * FROM rot9");
+        expect_error(&call(", 'rot9_view'"), "42809", "not a table");
+        expect_error(&call(", NULL"), "22023", "target_table");
+    }
+
+    #[pg_test]
+    fn composite_and_integer_primary_keys_are_named_in_errors() {
+        run("CREATE TABLE rot10 (tenant int, slot text, secret jsonb, PRIMARY KEY (tenant, slot))");
+        run(&format!(
+            "INSERT INTO rot10 VALUES (1, 'a', credential_encrypt('{{}}'::text, {a})), (2, 'b c', '[]')",
+            a = quote(KEY_A)
+        ));
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot10')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "22P02",
+            "(tenant, slot)=(2, b c)",
+        );
+    }
+
+    #[pg_test]
+    fn updated_at_is_touched_only_when_asked() {
+        create_profiles("rot11");
+        seed("rot11", 4, 1, KEY_A);
+        run("UPDATE rot11 SET updated_at = '2000-01-01'");
+        reencrypt(KEY_A, KEY_B, ", 'rot11'");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM rot11 WHERE updated_at <> '2000-01-01'"),
+            Some(0)
+        );
+        reencrypt(KEY_B, KEY_A, ", 'rot11', touch_updated_at => true");
+        // Rewritten rows only; the empty one keeps its timestamp.
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM rot11 WHERE updated_at = now()"),
+            Some(4)
+        );
+        run("CREATE TABLE rot11b (id int PRIMARY KEY, secret jsonb, updated_at text)");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot11b', touch_updated_at => true)",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "42804",
+            "updated_at",
+        );
+    }
+
+    #[pg_test]
+    fn verify_counts_and_lists_bad_rows_without_secret_material() {
+        create_profiles("rot12");
+        seed("rot12", 5, 2, KEY_A);
+        run(&format!(
+            "UPDATE rot12 SET secret = credential_encrypt('{{}}'::text, {}) WHERE id = 'p2'",
+            quote(KEY_B)
+        ));
+        run(r#"UPDATE rot12 SET secret = '{"algorithm":"aes-128-cbc"}' WHERE id = 'p4'"#);
+        assert_eq!(verify(KEY_A, ", 'rot12'"), (3, 1, 2, 1));
+        let listed = one::<String>(&format!(
+            "SELECT string_agg(primary_key || ' ' || reason, '; ') FROM credential_verify_rows({}, 'rot12')",
+            quote(KEY_A)
+        ))
+        .unwrap();
+        assert_eq!(
+            listed,
+            "(id)=(p2) the envelope does not open with the key; (id)=(p4) the envelope algorithm is not \"aes-256-gcm\""
+        );
+    }
+
+    #[pg_test]
+    fn helpers_refuse_to_work_outside_a_call() {
+        expect_error(
+            "SELECT _credential_reencrypt_row(0, '(0,1)', '{}')",
+            "55000",
+            "only called by",
+        );
+        expect_error(
+            "SELECT _credential_reencrypt_take('(0,1)')",
+            "55000",
+            "only called by",
+        );
+        expect_error("SELECT _credential_status('{}')", "55000", "only called by");
+    }
+
+    #[pg_test]
+    fn a_trigger_that_skips_rows_aborts_the_rotation() {
+        create_profiles("rot13");
+        seed("rot13", 5, 0, KEY_A);
+        run(
+            "CREATE FUNCTION rot13_skip() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.id = 'p3' THEN RETURN NULL; END IF; RETURN NEW; END $$",
+        );
+        run(
+            "CREATE TRIGGER skip BEFORE UPDATE ON rot13 FOR EACH ROW EXECUTE FUNCTION rot13_skip()",
+        );
+        let before = snapshot("rot13");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot13')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "09000",
+            "skipped 1",
+        );
+        assert_eq!(snapshot("rot13"), before);
+    }
+
+    #[pg_test]
+    fn fingerprints_and_generated_keys() {
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT credential_key_fingerprint({})",
+                quote(KEY_A)
+            ))
+            .as_deref(),
+            Some("8d3197a7dd0e26e7")
+        );
+        let distinct = one::<i64>(
+            "SELECT count(DISTINCT k) FROM (SELECT credential_generate_key() k FROM generate_series(1, 20)) s
+              WHERE length(k) = 44 AND decode(k, 'base64') IS NOT NULL",
+        );
+        assert_eq!(distinct, Some(20));
+    }
+
+    #[pg_test]
+    fn nothing_is_executable_by_public() {
+        let public_exec = one::<i64>(
+            "SELECT count(*) FROM pg_proc p
+               JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
+               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credential_rotate'
+              WHERE has_function_privilege('public', p.oid, 'EXECUTE')",
+        );
+        assert_eq!(public_exec, Some(0));
+    }
+}
