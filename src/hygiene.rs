@@ -10,6 +10,11 @@
 //! sets `hide_stmt` on any report emitted while that statement is still the current one. The
 //! statement is identified by its start timestamp, which Postgres sets once per client
 //! statement and keeps across the error recovery that emits the report.
+//!
+//! Some errors come before any of our code runs (permission denied for the function, a
+//! misspelt argument name). As a safety net the hook also hides the text of any failing
+//! statement that mentions `credential_`; that needs the library loaded in the backend, which
+//! `session_preload_libraries` guarantees (README, "Security").
 
 use pgrx::pg_sys;
 use std::cell::Cell;
@@ -34,11 +39,25 @@ fn statement_is_marked() -> bool {
     marked.is_some_and(|ts| ts == unsafe { pg_sys::GetCurrentStatementStartTimestamp() })
 }
 
+fn statement_mentions_extension() -> bool {
+    // SAFETY: debug_query_string is NULL or the NUL-terminated text of the current statement.
+    let text = unsafe { pg_sys::debug_query_string };
+    if text.is_null() {
+        return false;
+    }
+    let bytes = unsafe { std::ffi::CStr::from_ptr(text) }.to_bytes();
+    bytes
+        .windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
+const NEEDLE: &[u8] = b"credential_";
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn hide_statement_hook(edata: *mut pg_sys::ErrorData) {
     // SAFETY: Postgres passes the error being emitted; it is valid for this call.
     unsafe {
-        if !edata.is_null() && statement_is_marked() {
+        if !edata.is_null() && (statement_is_marked() || statement_mentions_extension()) {
             (*edata).hide_stmt = true;
         }
         if let Some(previous) = PREVIOUS_HOOK {
