@@ -34,8 +34,13 @@ struct Counts {
 }
 
 enum Work {
-    Rotate { rotator: Rotator, dry_run: bool },
-    Verify { cipher: Cipher },
+    Rotate {
+        rotator: Box<Rotator>,
+        dry_run: bool,
+    },
+    Verify {
+        cipher: Box<Cipher>,
+    },
 }
 
 struct ActiveCall {
@@ -122,7 +127,7 @@ fn credential_reencrypt(
     let touch = touch_updated_at
         .ok_or(Error::NullArgument("touch_updated_at"))
         .or_report();
-    let rotator = Rotator::new(&old, &new);
+    let rotator = Box::new(Rotator::new(&old, &new));
     drop((old, new));
 
     let counts = Spi::connect_mut(|client| -> Result<Counts, Error> {
@@ -359,7 +364,7 @@ fn with_verify_call<R>(
     let column = secret_column
         .ok_or(Error::NullArgument("secret_column"))
         .or_report();
-    let cipher = Cipher::new(&key);
+    let cipher = Box::new(Cipher::new(&key));
     drop(key);
     Spi::connect(|client| -> Result<R, Error> {
         let target = Target::resolve(client, table, column)?;

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs every test of credential_rotate on a fresh Debian 12 machine (installing what is
+# missing): formatting and lints, the Rust unit tests and #[pg_test]s, the pg_regress suite,
+# the isolation tests, the Node.js interop tests and the server-log hygiene check.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+PORT=${CREDENTIAL_ROTATE_TEST_PORT:-54791}
+passed=0
+failed=0
+failures=()
+
+stage() {
+    local name=$1
+    shift
+    log "$name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf 'FAILED: %s\n' "$name" >&2
+    fi
+}
+
+lint() {
+    cargo fmt --check &&
+        cargo clippy --quiet --all-targets --features "pg15 pg_test" -- -D warnings
+}
+
+pgrx_tests() {
+    local pgdata=/tmp/credential_rotate-pgrx-test
+    rm -rf "$pgdata"
+    cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
+}
+
+regress() {
+    local out
+    out=$(mktemp -d)
+    "$PG_LIBDIR/pgxs/src/test/regress/pg_regress" \
+        --bindir="$PG_BIN" --inputdir=tests/pg_regress --outputdir="$out" \
+        --dbname=credential_rotate_regress \
+        $(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//') ||
+        { cat "$out/regression.diffs" >&2 2>/dev/null; return 1; }
+}
+
+isolation() {
+    local out
+    out=$(mktemp -d)
+    "$PG_LIBDIR/pgxs/src/test/isolation/pg_isolation_regress" \
+        --bindir="$PG_BIN" --inputdir=tests/isolation --outputdir="$out" \
+        --dbname=credential_rotate_isolation \
+        $(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//') ||
+        { cat "$out/regression.diffs" >&2 2>/dev/null; return 1; }
+}
+
+node_interop() {
+    node --test tests/node/*.test.mjs
+}
+
+# A failed call carries both keys in its text; the server log must not receive it.
+log_hygiene() {
+    bash tests/log_hygiene.sh "$CLUSTER_LOG"
+}
+
+ensure_deps
+PG_LIBDIR=$("$PG_CONFIG" --pkglibdir)
+
+stage "cargo fmt and clippy" lint
+stage "Rust unit tests and #[pg_test]s (cargo pgrx test)" pgrx_tests
+install_extension debug
+cluster_start "$PORT"
+stage "pg_regress suite" regress
+[ -d tests/isolation/specs ] && stage "isolation tests" isolation
+stage "Node.js interop tests" node_interop
+stage "server log hygiene" log_hygiene
+
+if [ "$failed" -gt 0 ]; then
+    printf '\nfailed stages: %s\n' "${failures[*]}"
+fi
+printf '\nstages: %d passed, %d failed\n' "$passed" "$failed"
+[ "$failed" -eq 0 ]
