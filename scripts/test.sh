@@ -56,7 +56,10 @@ isolation() {
 }
 
 node_interop() {
-    node --test tests/node/*.test.mjs
+    # The migration example's one dependency (node-postgres), for its test.
+    [ -d examples/node_modules/pg ] ||
+        (cd examples && npm install --no-package-lock --no-audit --no-fund --silent) &&
+        node --test tests/node/*.test.mjs
 }
 
 # A failed call carries both keys in its text; the server log must not receive it.

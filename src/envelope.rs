@@ -283,7 +283,12 @@ impl Rotator {
     /// Decides the fate of one stored secret. `reseal = false` classifies without encrypting
     /// (a dry run): `Resealed` then carries the envelope unchanged.
     pub fn rotate(&self, text: &str, reseal: bool) -> Result<Rotation, EnvelopeError> {
-        let envelope = match Secret::parse(text)? {
+        self.rotate_secret(Secret::parse(text)?, reseal)
+    }
+
+    /// As [`Rotator::rotate`], for a secret already parsed (e.g. from a jsonb value).
+    pub fn rotate_secret(&self, secret: Secret, reseal: bool) -> Result<Rotation, EnvelopeError> {
+        let envelope = match secret {
             Secret::Empty => return Ok(Rotation::Empty),
             Secret::Sealed(envelope) => envelope,
         };

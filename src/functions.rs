@@ -1,10 +1,12 @@
-//! The single-value SQL functions: seal, open, generate and fingerprint keys.
+//! The single-value SQL functions: seal, open, re-seal one value, generate and fingerprint keys.
 
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use zeroize::Zeroizing;
 
-use crate::envelope::{Cipher, EnvelopeError, Secret};
+use pgrx::PgMemoryContexts;
+
+use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Secret};
 use crate::error::{Error, OrReport};
 use crate::hygiene;
 use crate::key::{Key, KeyError};
@@ -81,4 +83,100 @@ fn credential_generate_key() -> String {
 fn credential_key_fingerprint(key: Option<&str>) -> String {
     hygiene::mark_statement();
     parse_key("key", key).or_report().fingerprint()
+}
+
+/// The parsed keys of one call site, kept in `fn_extra` so that a statement like
+/// `UPDATE t SET s = credential_reencrypt_value(s, $1, $2)` parses the keys and builds both
+/// AES key schedules once, not once per row. Dropped (and wiped) with the call site's memory
+/// context at the end of the statement.
+struct CallSiteKeys {
+    old_text: Zeroizing<String>,
+    new_text: Zeroizing<String>,
+    rotator: Rotator,
+}
+
+/// The rotator for these key texts, from the call site's cache when the texts are unchanged.
+///
+/// # Safety
+/// `fcinfo` must be the FunctionCallInfo of the current call.
+unsafe fn call_site_rotator<'a>(
+    fcinfo: pg_sys::FunctionCallInfo,
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+) -> &'a Rotator {
+    // SAFETY: the caller passes the current call's fcinfo; flinfo lives as long as the call
+    // site, and fn_extra is ours to manage within fn_mcxt.
+    unsafe {
+        let flinfo = (*fcinfo).flinfo;
+        let cached = (*flinfo).fn_extra as *mut CallSiteKeys;
+        if let (Some(cached), Some(old), Some(new)) = (cached.as_ref(), old_key, new_key) {
+            if cached.old_text.as_str() == old && cached.new_text.as_str() == new {
+                return &cached.rotator;
+            }
+        }
+        let old = parse_key("old_key", old_key).or_report();
+        let new = parse_key("new_key", new_key).or_report();
+        if old == new {
+            Error::SameKey.report();
+        }
+        let keys = CallSiteKeys {
+            old_text: Zeroizing::new(old_key.unwrap_or_default().to_owned()),
+            new_text: Zeroizing::new(new_key.unwrap_or_default().to_owned()),
+            rotator: Rotator::new(&old, &new),
+        };
+        if let Some(cached) = cached.as_mut() {
+            // Keys that change from row to row: replace in place, no growth per row.
+            *cached = keys;
+            &cached.rotator
+        } else {
+            let ptr = PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(keys);
+            (*flinfo).fn_extra = ptr.cast();
+            &(*ptr).rotator
+        }
+    }
+}
+
+fn call_site(
+    fcinfo: pg_sys::FunctionCallInfo,
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+) -> &'static Rotator {
+    hygiene::mark_statement();
+    // SAFETY: fcinfo is the current call's; the cache outlives this call.
+    unsafe { call_site_rotator(fcinfo, old_key, new_key) }
+}
+
+/// One envelope re-sealed from `old_key` to `new_key`; the same value when it already opens
+/// with `new_key` or is `{}`; an ERROR otherwise. For a caller's own
+/// `UPDATE ... SET col = credential_reencrypt_value(col, $1, $2) WHERE ...`; the keys are
+/// parsed once per call site.
+#[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
+fn credential_reencrypt_value_jsonb(
+    envelope: Option<JsonB>,
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<JsonB> {
+    let envelope = envelope?;
+    let rotator = call_site(fcinfo, old_key, new_key);
+    let secret = Secret::from_value(envelope.0.clone()).or_report();
+    match rotator.rotate_secret(secret, true).or_report() {
+        Rotation::Resealed(resealed) => Some(JsonB(resealed.into_value())),
+        Rotation::AlreadyCurrent | Rotation::Empty => Some(envelope),
+    }
+}
+
+#[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
+fn credential_reencrypt_value_text(
+    envelope: Option<&str>,
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<String> {
+    let envelope = envelope?;
+    let rotator = call_site(fcinfo, old_key, new_key);
+    match rotator.rotate(envelope, true).or_report() {
+        Rotation::Resealed(resealed) => Some(resealed.into_json()),
+        Rotation::AlreadyCurrent | Rotation::Empty => Some(envelope.to_owned()),
+    }
 }

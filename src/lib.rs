@@ -7,6 +7,7 @@
 //! - [`hygiene`]: keeping keys out of the server log.
 
 use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub mod envelope;
 pub mod error;
@@ -18,11 +19,25 @@ pub mod target;
 
 ::pgrx::pg_module_magic!(name, version);
 
+extension_sql_file!("../sql/audit.sql", name = "audit");
 extension_sql_file!("../sql/finalize.sql", finalize);
+
+/// `credential_rotate.progress_rows`: a NOTICE every this many rows scanned; 0 silences it.
+pub static PROGRESS_ROWS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hygiene::install();
+    GucRegistry::define_int_guc(
+        c"credential_rotate.progress_rows",
+        c"Rows between two progress NOTICEs of credential_reencrypt; 0 disables them.",
+        c"Each NOTICE gives the rows scanned, the table's estimated size and the rate.",
+        &PROGRESS_ROWS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
 }
 
 #[cfg(any(test, feature = "pg_test"))]

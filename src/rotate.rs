@@ -16,6 +16,7 @@
 //! streamed by the executor, never collected.
 
 use std::cell::RefCell;
+use std::time::Instant;
 
 use pgrx::prelude::*;
 
@@ -49,6 +50,9 @@ struct ActiveCall {
     counts: Counts,
     /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
     stash: Option<(pg_sys::ItemPointerData, String)>,
+    started: Instant,
+    /// Rows between progress NOTICEs, 0 for none.
+    progress_every: i64,
 }
 
 thread_local! {
@@ -72,6 +76,8 @@ impl ActiveGuard {
                 target,
                 counts: Counts::default(),
                 stash: None,
+                started: Instant::now(),
+                progress_every: i64::from(crate::PROGRESS_ROWS.get()),
             });
             Ok(ActiveGuard)
         })
@@ -128,6 +134,7 @@ fn credential_reencrypt(
         .ok_or(Error::NullArgument("touch_updated_at"))
         .or_report();
     let rotator = Box::new(Rotator::new(&old, &new));
+    let fingerprints = (old.fingerprint(), new.fingerprint());
     drop((old, new));
 
     let counts = Spi::connect_mut(|client| -> Result<Counts, Error> {
@@ -138,6 +145,8 @@ fn credential_reencrypt(
             None
         };
         let relation = target.relation.clone();
+        let ext_schema = target.ext_schema.clone();
+        let column_name = target.column.clone();
         let statement = if dry_run {
             format!(
                 "SELECT count(*) FROM {rel} WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
@@ -172,12 +181,32 @@ fn credential_reencrypt(
         let processed = client.update(&statement, None, &[])?.len() as i64;
         let counts = guard.counts();
         drop(guard);
-        if !dry_run && processed != counts.updated {
+        if dry_run {
+            return Ok(counts);
+        }
+        if processed != counts.updated {
             return Err(Error::RowsSkipped {
                 table: relation,
                 skipped: counts.updated - processed,
             });
         }
+        client.update(
+            &format!(
+                "SELECT {ext}._credential_audit_append(current_user, $1, $2, $3, $4, $5, $6, $7, $8)",
+                ext = ext_schema
+            ),
+            None,
+            &[
+                relation.as_str().into(),
+                column_name.as_str().into(),
+                counts.scanned.into(),
+                counts.updated.into(),
+                counts.already_current.into(),
+                counts.empty.into(),
+                fingerprints.0.as_str().into(),
+                fingerprints.1.as_str().into(),
+            ],
+        )?;
         Ok(counts)
     })
     .or_report();
@@ -206,6 +235,9 @@ fn _credential_reencrypt_row(
             return Err(Error::NotInCall("_credential_reencrypt_row"));
         };
         call.counts.scanned += 1;
+        if call.progress_every > 0 && call.counts.scanned % call.progress_every == 0 {
+            report_progress(call);
+        }
         let Some(secret) = secret else {
             call.counts.empty += 1;
             return Ok(Ok(false));
@@ -245,6 +277,35 @@ fn _credential_reencrypt_row(
             .report()
         }
     }
+}
+
+/// A progress NOTICE: rows and the estimated total in the message, the rate in the DETAIL
+/// (kept apart so that the message itself is stable enough for a test to match).
+fn report_progress(call: &ActiveCall) {
+    let scanned = call.counts.scanned;
+    let message = match call.target.estimated_rows {
+        Some(total) => format!(
+            "credential_reencrypt: {scanned} of about {total} rows of {} scanned",
+            call.target.relation
+        ),
+        None => format!(
+            "credential_reencrypt: {scanned} rows of {} scanned",
+            call.target.relation
+        ),
+    };
+    let seconds = call.started.elapsed().as_secs_f64().max(1e-9);
+    let detail = format!(
+        "{} re-sealed so far, {:.0} rows/s",
+        call.counts.updated,
+        scanned as f64 / seconds
+    );
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "credential_rotate",
+    )
+    .set_detail(detail)
+    .report(PgLogLevel::NOTICE);
 }
 
 /// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.

@@ -643,4 +643,154 @@ mod tests {
         );
         assert_eq!(public_exec, Some(0));
     }
+
+    #[pg_test]
+    fn a_successful_rotation_appends_an_audit_row_dry_runs_and_failures_do_not() {
+        create_profiles("rot14");
+        seed("rot14", 6, 1, KEY_A);
+        let audit_rows = || {
+            one::<i64>(
+                "SELECT count(*) FROM credential_rotate_audit WHERE target_table = 'public.rot14'",
+            )
+        };
+        reencrypt(KEY_A, KEY_B, ", 'rot14', dry_run => true");
+        assert_eq!(audit_rows(), Some(0));
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot14')",
+                quote(KEY_C),
+                quote(KEY_B)
+            ),
+            "22000",
+            "(id)=(p1)",
+        );
+        assert_eq!(audit_rows(), Some(0));
+        reencrypt(KEY_A, KEY_B, ", 'rot14'");
+        let row = one::<String>(
+            "SELECT concat_ws(' ', rotated_by, secret_column, scanned, updated, already_current, empty,
+                              old_key_fingerprint, new_key_fingerprint, rotated_at = now())
+               FROM credential_rotate_audit WHERE target_table = 'public.rot14'",
+        );
+        assert_eq!(
+            row.as_deref(),
+            Some("postgres secret 7 6 0 1 8d3197a7dd0e26e7 9759add3a02dea8f t")
+        );
+        let all = one::<String>("SELECT string_agg(t::text, ' ') FROM credential_rotate_audit t")
+            .unwrap();
+        assert!(!all.contains(KEY_A) && !all.contains(KEY_B));
+        // Dumped with the data, so the trail survives pg_dump/restore.
+        assert_eq!(
+            one::<bool>(
+                "SELECT 'credential_rotate_audit'::regclass = ANY(extconfig) FROM pg_extension
+                  WHERE extname = 'credential_rotate'"
+            ),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn reencrypt_value_works_inside_a_users_own_update() {
+        create_profiles("rot15");
+        seed("rot15", 8, 2, KEY_A);
+        run(&format!(
+            "UPDATE rot15 SET secret = credential_encrypt('{{}}'::text, {}) WHERE id = 'p8'",
+            quote(KEY_B)
+        ));
+        let before_p8 = one::<String>("SELECT secret::text FROM rot15 WHERE id = 'p8'");
+        run(&format!(
+            "UPDATE rot15 SET secret = credential_reencrypt_value(secret, {}, {}) WHERE id <> 'p1'",
+            quote(KEY_A),
+            quote(KEY_B)
+        ));
+        assert_eq!(verify(KEY_B, ", 'rot15'"), (7, 1, 2, 0));
+        assert_eq!(
+            one::<String>("SELECT secret::text FROM rot15 WHERE id = 'p8'"),
+            before_p8,
+            "an envelope already under the new key comes back unchanged"
+        );
+        // text values, and an envelope that opens with neither key
+        let text = one::<String>(&format!(
+            "SELECT credential_reencrypt_value(credential_encrypt('{{\"a\":1}}'::text, {a})::text, {a}, {b})",
+            a = quote(KEY_A),
+            b = quote(KEY_B)
+        ))
+        .unwrap();
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT credential_decrypt({}::text, {})",
+                quote(&text),
+                quote(KEY_B)
+            ))
+            .as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+        expect_error(
+            &format!(
+                "SELECT credential_reencrypt_value(secret, {}, {}) FROM rot15",
+                quote(KEY_C),
+                quote(KEY_A)
+            ),
+            "22000",
+            "does not open with old_key or new_key",
+        );
+        expect_error(
+            &format!(
+                "SELECT credential_reencrypt_value('{{}}'::jsonb, {}, {})",
+                quote(KEY_A),
+                quote(KEY_A)
+            ),
+            "22023",
+            "same key",
+        );
+        assert_eq!(
+            one::<pgrx::JsonB>(&format!(
+                "SELECT credential_reencrypt_value(NULL::jsonb, {}, {})",
+                quote(KEY_A),
+                quote(KEY_B)
+            ))
+            .map(|j| j.0),
+            None
+        );
+    }
+
+    #[pg_test]
+    fn reencrypt_value_follows_keys_that_change_from_row_to_row() {
+        // The per-call-site key cache must notice when the key arguments change.
+        run("CREATE TABLE rot16 (id int PRIMARY KEY, k_old text, k_new text, secret jsonb)");
+        run(&format!(
+            "INSERT INTO rot16 VALUES
+               (1, {a}, {b}, credential_encrypt('{{\"n\":1}}'::text, {a})),
+               (2, {b}, {c}, credential_encrypt('{{\"n\":2}}'::text, {b})),
+               (3, {a}, {c}, credential_encrypt('{{\"n\":3}}'::text, {a}))",
+            a = quote(KEY_A),
+            b = quote(KEY_B),
+            c = quote(KEY_C)
+        ));
+        run("UPDATE rot16 SET secret = credential_reencrypt_value(secret, k_old, k_new)");
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(credential_decrypt(secret, k_new), ',' ORDER BY id) FROM rot16"
+            )
+            .as_deref(),
+            Some(r#"{"n":1},{"n":2},{"n":3}"#)
+        );
+    }
+
+    #[pg_test]
+    fn the_progress_setting_exists_and_is_user_settable() {
+        run("SET credential_rotate.progress_rows = 5");
+        assert_eq!(
+            one::<String>("SHOW credential_rotate.progress_rows").as_deref(),
+            Some("5")
+        );
+        create_profiles("rot17");
+        seed("rot17", 12, 0, KEY_A);
+        // With NOTICEs every 5 rows the rotation still completes and counts every row.
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot17'"), (12, 12, 0, 0));
+        expect_error(
+            "SET credential_rotate.progress_rows = -1",
+            "22023",
+            "progress_rows",
+        );
+    }
 }

@@ -43,6 +43,8 @@ pub struct Target {
     pub pk_value_expr: String,
     /// The extension's own schema, quoted, to call its helpers without search_path lookups.
     pub ext_schema: String,
+    /// pg_class.reltuples, when the table has been analyzed.
+    pub estimated_rows: Option<i64>,
 }
 
 impl Target {
@@ -51,7 +53,8 @@ impl Target {
     pub fn resolve(client: &SpiClient<'_>, table: &str, column: &str) -> Result<Target, Error> {
         let rel = client
             .select(
-                "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text
+                "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text,
+                        c.reltuples::float8
                    FROM pg_catalog.pg_class c
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.oid = pg_catalog.to_regclass($1)",
@@ -63,6 +66,8 @@ impl Target {
             return Err(Error::UndefinedTable(table.to_owned()));
         }
         let (oid, relation, relkind) = rel.get_three::<pg_sys::Oid, String, String>()?;
+        // -1 until the table was first vacuumed or analyzed; only used for progress messages.
+        let estimated_rows = rel.get::<f64>(4)?.filter(|n| *n > 0.0).map(|n| n as i64);
         let (Some(oid), Some(relation), Some(relkind)) = (oid, relation, relkind) else {
             return Err(Error::Internal("pg_class row with NULL fields".into()));
         };
@@ -126,6 +131,7 @@ impl Target {
             pk_columns,
             pk_value_expr,
             ext_schema,
+            estimated_rows,
         })
     }
 

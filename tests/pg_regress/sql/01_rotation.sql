@@ -37,14 +37,23 @@ SELECT * FROM credential_reencrypt(:'old_key', :'new_key');
 SELECT * FROM credential_reencrypt(:'new_key', :'old_key');
 SELECT count(*) AS open_with_old_key FROM credential_profiles
  WHERE credential_decrypt(secret, :'old_key') IS NOT NULL;
+-- Each committed call leaves an audit row, in the same transaction: fingerprints, no keys.
+SELECT rotated_by, target_table, secret_column, scanned, updated, already_current, empty,
+       old_key_fingerprint, new_key_fingerprint
+  FROM credential_rotate_audit ORDER BY id;
 ROLLBACK;
+SELECT count(*) AS audit_rows_after_rollback FROM credential_rotate_audit;
 -- A ROLLBACK after a successful call restores the old envelopes exactly.
 INSERT INTO credential_profiles (id, name, secret)
   SELECT 'r-' || i, 'r ' || i, credential_encrypt(format('{"token":"t%s"}', i), :'old_key')
     FROM generate_series(1, 5) i;
 CREATE TEMP TABLE snapshot AS SELECT md5(string_agg(secret::text, ',' ORDER BY id)) AS h FROM credential_profiles;
 BEGIN;
+-- Progress NOTICEs for large tables; here every 2 rows to show them (rate in the DETAIL).
+SET LOCAL credential_rotate.progress_rows = 2;
+\set VERBOSITY terse
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key');
+\set VERBOSITY default
 SELECT md5(string_agg(secret::text, ',' ORDER BY id)) = (SELECT h FROM snapshot) AS unchanged FROM credential_profiles;
 ROLLBACK;
 SELECT md5(string_agg(secret::text, ',' ORDER BY id)) = (SELECT h FROM snapshot) AS unchanged FROM credential_profiles;

@@ -24,9 +24,11 @@ GRANT EXECUTE ON FUNCTION
     credential_reencrypt(text, text, text, text, boolean, boolean),
     credential_verify(text, text, text),
     credential_verify_rows(text, text, text),
+    credential_key_fingerprint(text),
     _credential_reencrypt_row(oid, tid, text),
     _credential_reencrypt_take(tid),
-    _credential_status(text)
+    _credential_status(text),
+    _credential_audit_append(name, text, text, bigint, bigint, bigint, bigint, text, text)
   TO rotator;
 SET ROLE rotator;
 SAVEPOINT no_table_privilege;
@@ -49,5 +51,12 @@ GRANT UPDATE ON credential_profiles TO rotator;
 SET ROLE rotator;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key');
 SELECT * FROM credential_verify(:'new_key');
+-- The audit trail records who rotated, with fingerprints; the rotator may append, not read.
+SAVEPOINT audit;
+SELECT count(*) FROM credential_rotate_audit;
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO audit;
 RESET ROLE;
+SELECT rotated_by, session_role, target_table, updated, old_key_fingerprint, new_key_fingerprint
+  FROM credential_rotate_audit;
 ROLLBACK;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Benchmark (not a test: it asserts nothing, it prints). Builds in release mode, starts a
+# throwaway cluster, seeds Freeboard-shaped rows sealed like the application (about 1% '{}'),
+# and measures on the same table in the same run, alternating and reporting medians:
+#   floor     UPDATE credential_profiles SET secret = secret || '{}'::jsonb
+#   rotation  credential_reencrypt(old, new)
+#   client    the runbook's client-side script (read all, re-seal in Node, one UPDATE per row)
+# plus the peak private memory of the backend running a rotation at ROWS and at BIG_ROWS.
+#   scripts/bench.sh [ROWS=100000] [ROUNDS=5] [CLIENT_ROWS=10000] [BIG_ROWS=1000000]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+ROWS=${1:-100000}
+ROUNDS=${2:-5}
+CLIENT_ROWS=${3:-10000}
+BIG_ROWS=${4:-1000000}
+PORT=${CREDENTIAL_ROTATE_BENCH_PORT:-54793}
+
+ensure_deps
+install_extension release
+[ -d examples/node_modules/pg ] ||
+    (cd examples && npm install --no-package-lock --no-audit --no-fund --silent)
+# Checkpoints are spread out so that they do not land on one side of the comparison only.
+cluster_start "$PORT" "-c max_wal_size=8GB -c checkpoint_timeout=1h"
+createdb bench
+export PGDATABASE=bench
+KEY_1=$(node scripts/freeboard.mjs keygen)
+KEY_2=$(node scripts/freeboard.mjs keygen)
+
+create_table() {
+    psql -X -q -v ON_ERROR_STOP=1 <<SQL
+CREATE EXTENSION IF NOT EXISTS credential_rotate;
+DROP TABLE IF EXISTS credential_profiles;
+CREATE TABLE credential_profiles (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+  type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
+  allow_public_use BOOLEAN NOT NULL DEFAULT FALSE, metadata JSONB NOT NULL DEFAULT '{}'::jsonb,
+  secret JSONB NOT NULL DEFAULT '{}'::jsonb, created_by TEXT, updated_by TEXT,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
+SQL
+    CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$1" | psql -X -q -v ON_ERROR_STOP=1
+    psql -X -q -c "VACUUM (ANALYZE) credential_profiles"
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# One timed statement; the table is vacuumed afterwards (untimed) so every run starts alike.
+timed() {
+    local t0 t1
+    t0=$(now)
+    psql -X -q -At -v ON_ERROR_STOP=1 -c "$1" >/dev/null
+    t1=$(now)
+    psql -X -q -c "VACUUM credential_profiles"
+    elapsed "$t0" "$t1"
+}
+
+log "seeding $ROWS rows"
+create_table "$ROWS"
+floor_times=()
+rot_times=()
+old=$KEY_1
+new=$KEY_2
+for round in $(seq 1 "$ROUNDS"); do
+    floor_times+=("$(timed "UPDATE credential_profiles SET secret = secret || '{}'::jsonb")")
+    rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
+    tmp=$old; old=$new; new=$tmp
+    echo "round $round: floor ${floor_times[-1]} s, rotation ${rot_times[-1]} s" >&2
+done
+floor=$(printf '%s\n' "${floor_times[@]}" | median)
+rot=$(printf '%s\n' "${rot_times[@]}" | median)
+
+log "client-side approach on $CLIENT_ROWS rows"
+create_table "$CLIENT_ROWS"
+client_times=()
+old=$KEY_1
+new=$KEY_2
+for round in 1 2 3; do
+    t0=$(now)
+    DATABASE_URL="postgresql://postgres@localhost/bench?host=$PGHOST&port=$PGPORT" \
+        CREDENTIAL_ENCRYPTION_KEY_OLD=$old CREDENTIAL_ENCRYPTION_KEY_NEW=$new TABLE=credential_profiles \
+        node scripts/client-reencrypt.mjs >/dev/null
+    t1=$(now)
+    client_times+=("$(elapsed "$t0" "$t1")")
+    psql -X -q -c "VACUUM credential_profiles"
+    tmp=$old; old=$new; new=$tmp
+    echo "round $round: client ${client_times[-1]} s" >&2
+done
+client=$(printf '%s\n' "${client_times[@]}" | median)
+
+# Peak private (anonymous) memory of the backend while it rotates: sampled from /proc, so
+# shared buffers the backend touches are not counted.
+peak_rotation_memory() {
+    local rows=$1 pid peak=0 kb
+    create_table "$rows"
+    coproc PSQL { psql -X -q -At -v ON_ERROR_STOP=1; }
+    echo "SELECT pg_backend_pid();" >&"${PSQL[1]}"
+    read -r pid <&"${PSQL[0]}"
+    echo "SELECT * FROM credential_reencrypt('$KEY_1', '$KEY_2'); SELECT 'done';" >&"${PSQL[1]}"
+    while kill -0 "$PSQL_PID" 2>/dev/null; do
+        kb=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ "${kb:-0}" -gt "$peak" ] && peak=$kb
+        if read -r -t 0.05 line <&"${PSQL[0]}" && [ "$line" = done ]; then break; fi
+    done
+    exec {PSQL[1]}>&-
+    wait "$PSQL_PID" 2>/dev/null || true
+    echo "$peak"
+}
+log "backend memory at $ROWS and $BIG_ROWS rows"
+mem_small=$(peak_rotation_memory "$ROWS")
+mem_big=$(peak_rotation_memory "$BIG_ROWS")
+
+awk -v n="$ROWS" -v cn="$CLIENT_ROWS" -v bn="$BIG_ROWS" -v f="$floor" -v r="$rot" -v c="$client" \
+    -v ms="$mem_small" -v mb="$mem_big" -v rounds="$ROUNDS" 'BEGIN {
+    printf "\ncredential_rotate benchmark — %s, %d cores, medians of %d alternating runs\n", "'"$(uname -m)"'", '"$(nproc)"', rounds
+    printf "%-44s %10s %12s\n", "", "seconds", "rows/s"
+    printf "%-44s %10.3f %12.0f\n", "floor: UPDATE ... SET secret = secret || {} (" n ")", f, n / f
+    printf "%-44s %10.3f %12.0f\n", "credential_reencrypt (" n ")", r, n / r
+    printf "%-44s %10.3f %12.0f\n", "client-side script (" cn ")", c, cn / c
+    printf "rotation / floor:                  %.2f x\n", r / f
+    printf "client / rotation, per row:        %.0f x\n", (c / cn) / (r / n)
+    printf "backend peak private memory:       %.1f MB at %d rows, %.1f MB at %d rows (+%.1f MB)\n", ms / 1024, n, mb / 1024, bn, (mb - ms) / 1024
+}'

@@ -1,0 +1,71 @@
+// The shipped migration script (examples/rotate-credentials.mjs) run the way the runbook runs
+// its step: from the runbook's environment variables, keys as bound parameters.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseKey, sealSecret, openSecret } from './freeboard-crypto.mjs';
+import { psql, sqlLiteral } from './pg.mjs';
+
+const vectors = JSON.parse(readFileSync(new URL('../vectors/envelopes.json', import.meta.url)));
+const OLD = vectors.key_a;
+const NEW = vectors.key_b;
+const DB = 'credential_rotate_migration';
+const script = fileURLToPath(new URL('../../examples/rotate-credentials.mjs', import.meta.url));
+const url = `postgresql://${process.env.PGUSER}@localhost/${DB}?host=${encodeURIComponent(process.env.PGHOST)}&port=${process.env.PGPORT}`;
+
+function run(env) {
+  const clean = { PATH: process.env.PATH, ...env };
+  return spawnSync(process.execPath, [script], { env: clean, encoding: 'utf8' });
+}
+
+function snapshot() {
+  return psql('SELECT string_agg(id || secret::text, \',\' ORDER BY id) FROM credential_profiles', { db: DB });
+}
+
+before(() => {
+  psql(`DROP DATABASE IF EXISTS ${DB}`, { db: 'postgres' });
+  psql(`CREATE DATABASE ${DB}`, { db: 'postgres' });
+  const key = parseKey(OLD);
+  const rows = Array.from({ length: 25 }, (_, i) =>
+    `('m${i}', 'm ${i}', ${sqlLiteral(JSON.stringify(sealSecret({ token: `t${i}` }, key)))})`);
+  psql(`CREATE EXTENSION credential_rotate;
+    CREATE TABLE credential_profiles (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+      secret JSONB NOT NULL DEFAULT '{}'::jsonb, updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+    INSERT INTO credential_profiles (id, name, secret) VALUES ${rows.join(',')};
+    INSERT INTO credential_profiles (id, name) VALUES ('m-empty', 'no secret');`, { db: DB });
+});
+
+test('refuses to start without the runbook variables', () => {
+  const r = run({ DATABASE_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: OLD });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /CREDENTIAL_ENCRYPTION_KEY_NEW/);
+});
+
+test('a wrong old key fails, exits non-zero and changes nothing', () => {
+  const before = snapshot();
+  const wrong = psql('SELECT credential_generate_key()', { db: DB }).trim();
+  const r = run({ FREEBOARD_POSTGRES_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: wrong, CREDENTIAL_ENCRYPTION_KEY_NEW: NEW });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /nothing changed: cannot re-encrypt row \(id\)=\(m\d+\)/);
+  assert.match(r.stderr, /SQLSTATE 22000/);
+  for (const k of [wrong, NEW]) assert.ok(!r.stderr.includes(k) && !r.stdout.includes(k));
+  assert.equal(snapshot(), before);
+});
+
+test('rotates from the environment and prints the counts; the application reads the new key', () => {
+  const r = run({ DATABASE_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: OLD, CREDENTIAL_ENCRYPTION_KEY_NEW: NEW });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'scanned=26 updated=25 already_current=0 empty=1');
+  const key = parseKey(NEW);
+  const rows = psql("SELECT secret::text FROM credential_profiles WHERE secret <> '{}'", { db: DB }).trim().split('\n');
+  assert.equal(rows.length, 25);
+  for (const row of rows) assert.match(openSecret(JSON.parse(row), key).token, /^t\d+$/);
+  // Idempotent: a re-run finds everything current.
+  const again = run({ DATABASE_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: OLD, CREDENTIAL_ENCRYPTION_KEY_NEW: NEW });
+  assert.equal(again.stdout.trim(), 'scanned=26 updated=0 already_current=25 empty=1');
+  // Each committed run left an audit row (fingerprints only).
+  const audit = psql('SELECT count(*) FROM credential_rotate_audit', { db: DB }).trim();
+  assert.equal(audit, '2');
+});
