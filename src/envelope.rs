@@ -88,9 +88,31 @@ pub enum Secret {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     fields: Map<String, Value>,
+    sealed: Sealed,
+}
+
+/// The binary parts of an envelope, decoded and length-checked.
+#[derive(Debug, Clone)]
+pub struct Sealed {
     iv: [u8; IV_LEN],
     ciphertext: Vec<u8>,
     tag: [u8; TAG_LEN],
+}
+
+/// An envelope field as found in a stored object, before any decoding.
+#[derive(Debug, Clone, Copy)]
+pub enum Field<'a> {
+    Missing,
+    NotAString,
+    Str(&'a str),
+}
+
+/// The three fields a re-seal replaces, base64-encoded as Node writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedParts {
+    pub iv: String,
+    pub ciphertext: String,
+    pub auth_tag: String,
 }
 
 impl Secret {
@@ -112,45 +134,69 @@ impl Secret {
     }
 }
 
-fn string_field<'a>(
-    fields: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<&'a str, EnvelopeError> {
+fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Field<'a> {
     match fields.get(name) {
-        None => Err(EnvelopeError::MissingField(name)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(EnvelopeError::NotAString(name)),
+        None => Field::Missing,
+        Some(Value::String(s)) => Field::Str(s),
+        Some(_) => Field::NotAString,
     }
 }
 
-fn base64_field(fields: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, EnvelopeError> {
+fn require<'a>(field: Field<'a>, name: &'static str) -> Result<&'a str, EnvelopeError> {
+    match field {
+        Field::Missing => Err(EnvelopeError::MissingField(name)),
+        Field::NotAString => Err(EnvelopeError::NotAString(name)),
+        Field::Str(s) => Ok(s),
+    }
+}
+
+fn decode_base64(field: Field<'_>, name: &'static str) -> Result<Vec<u8>, EnvelopeError> {
     READ_BASE64
-        .decode(string_field(fields, name)?)
+        .decode(require(field, name)?)
         .map_err(|_| EnvelopeError::InvalidBase64(name))
 }
 
-impl Envelope {
-    fn from_fields(fields: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
-        if string_field(&fields, FIELD_ALGORITHM)? != ALGORITHM {
+impl Sealed {
+    /// Checks and decodes an envelope's fields, in the order the application's reader would
+    /// trip over them. Shared by the JSON-text path and the jsonb fast path, so both give the
+    /// same answer for the same value.
+    pub fn decode(
+        algorithm: Field<'_>,
+        iv: Field<'_>,
+        ciphertext: Field<'_>,
+        tag: Field<'_>,
+    ) -> Result<Sealed, EnvelopeError> {
+        if require(algorithm, FIELD_ALGORITHM)? != ALGORITHM {
             return Err(EnvelopeError::UnknownAlgorithm);
         }
-        let iv = base64_field(&fields, FIELD_IV)?;
+        let iv = decode_base64(iv, FIELD_IV)?;
         let iv: [u8; IV_LEN] = iv
             .as_slice()
             .try_into()
             .map_err(|_| EnvelopeError::WrongIvLength(iv.len()))?;
-        let ciphertext = base64_field(&fields, FIELD_CIPHERTEXT)?;
-        let tag = base64_field(&fields, FIELD_TAG)?;
+        let ciphertext = decode_base64(ciphertext, FIELD_CIPHERTEXT)?;
+        let tag = decode_base64(tag, FIELD_TAG)?;
         let tag: [u8; TAG_LEN] = tag
             .as_slice()
             .try_into()
             .map_err(|_| EnvelopeError::WrongTagLength(tag.len()))?;
-        Ok(Envelope {
-            fields,
+        Ok(Sealed {
             iv,
             ciphertext,
             tag,
         })
+    }
+}
+
+impl Envelope {
+    fn from_fields(fields: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+        let sealed = Sealed::decode(
+            field(&fields, FIELD_ALGORITHM),
+            field(&fields, FIELD_IV),
+            field(&fields, FIELD_CIPHERTEXT),
+            field(&fields, FIELD_TAG),
+        )?;
+        Ok(Envelope { fields, sealed })
     }
 
     /// The envelope as JSON text, fields in their original order.
@@ -184,13 +230,17 @@ impl Cipher {
     /// Opens an envelope to its exact plaintext bytes, which must be UTF-8 (the application
     /// stores `JSON.stringify` output).
     pub fn open(&self, envelope: &Envelope) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-        let mut buffer = Zeroizing::new(envelope.ciphertext.clone());
+        self.open_sealed(&envelope.sealed)
+    }
+
+    pub fn open_sealed(&self, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        let mut buffer = Zeroizing::new(sealed.ciphertext.clone());
         self.aead
             .decrypt_in_place_detached(
-                Nonce::from_slice(&envelope.iv),
+                Nonce::from_slice(&sealed.iv),
                 b"",
                 &mut buffer,
-                Tag::from_slice(&envelope.tag),
+                Tag::from_slice(&sealed.tag),
             )
             .map_err(|_| EnvelopeError::DoesNotOpen)?;
         if std::str::from_utf8(&buffer).is_err() {
@@ -222,6 +272,15 @@ impl Cipher {
         mut fields: Map<String, Value>,
         plaintext: &[u8],
     ) -> Result<Envelope, EnvelopeError> {
+        let (sealed, encoded) = self.seal_parts(plaintext)?;
+        fields.insert(FIELD_IV.into(), Value::String(encoded.iv));
+        fields.insert(FIELD_CIPHERTEXT.into(), Value::String(encoded.ciphertext));
+        fields.insert(FIELD_TAG.into(), Value::String(encoded.auth_tag));
+        Ok(Envelope { fields, sealed })
+    }
+
+    /// Seals plaintext with a fresh random IV; returns the parts and their base64 text.
+    pub fn seal_parts(&self, plaintext: &[u8]) -> Result<(Sealed, EncodedParts), EnvelopeError> {
         let mut iv = [0u8; IV_LEN];
         getrandom::getrandom(&mut iv).map_err(|_| EnvelopeError::Random)?;
         let mut ciphertext = plaintext.to_vec();
@@ -231,18 +290,19 @@ impl Cipher {
             // Only fails for plaintexts beyond GCM's 64 GiB limit, far past any Postgres value.
             .map_err(|_| EnvelopeError::Random)?;
         let tag: [u8; TAG_LEN] = tag.into();
-        fields.insert(FIELD_IV.into(), Value::String(STANDARD.encode(iv)));
-        fields.insert(
-            FIELD_CIPHERTEXT.into(),
-            Value::String(STANDARD.encode(&ciphertext)),
-        );
-        fields.insert(FIELD_TAG.into(), Value::String(STANDARD.encode(tag)));
-        Ok(Envelope {
-            fields,
-            iv,
-            ciphertext,
-            tag,
-        })
+        let encoded = EncodedParts {
+            iv: STANDARD.encode(iv),
+            ciphertext: STANDARD.encode(&ciphertext),
+            auth_tag: STANDARD.encode(tag),
+        };
+        Ok((
+            Sealed {
+                iv,
+                ciphertext,
+                tag,
+            },
+            encoded,
+        ))
     }
 }
 
@@ -299,6 +359,38 @@ impl Rotator {
             Ok(_) => Ok(Rotation::Resealed(envelope)),
             Err(EnvelopeError::DoesNotOpen) => match self.new.open(&envelope) {
                 Ok(_) => Ok(Rotation::AlreadyCurrent),
+                Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
+                Err(other) => Err(other),
+            },
+            Err(other) => Err(other),
+        }
+    }
+}
+
+/// What rotating one envelope given as its parts amounts to.
+#[derive(Debug)]
+pub enum PartsRotation {
+    AlreadyCurrent,
+    /// Opened with the old key; the new parts (None in a dry run).
+    Resealed(Option<EncodedParts>),
+}
+
+impl Rotator {
+    /// As [`Rotator::rotate`] for an envelope given as its decoded parts (the caller has
+    /// checked that the value is a non-empty object): only the parts change, the caller keeps
+    /// every other field.
+    pub fn rotate_sealed(
+        &self,
+        sealed: &Sealed,
+        reseal: bool,
+    ) -> Result<PartsRotation, EnvelopeError> {
+        match self.old.open_sealed(sealed) {
+            Ok(plaintext) if reseal => Ok(PartsRotation::Resealed(Some(
+                self.new.seal_parts(&plaintext)?.1,
+            ))),
+            Ok(_) => Ok(PartsRotation::Resealed(None)),
+            Err(EnvelopeError::DoesNotOpen) => match self.new.open_sealed(sealed) {
+                Ok(_) => Ok(PartsRotation::AlreadyCurrent),
                 Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
                 Err(other) => Err(other),
             },
@@ -518,7 +610,7 @@ mod tests {
         let cipher = Cipher::new(&v.key_a);
         let a = cipher.seal(b"{\"token\":\"x\"}").unwrap();
         let b = cipher.seal(b"{\"token\":\"x\"}").unwrap();
-        assert_ne!(a.iv, b.iv);
+        assert_ne!(a.sealed.iv, b.sealed.iv);
         assert_ne!(a.to_json(), b.to_json());
     }
 

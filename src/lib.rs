@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod functions;
 pub mod hygiene;
+pub mod jsonb;
 pub mod key;
 pub mod rotate;
 pub mod target;

@@ -20,11 +20,14 @@ use std::time::Instant;
 
 use pgrx::prelude::*;
 
-use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Status};
+use crate::envelope::{
+    Cipher, EncodedParts, EnvelopeError, PartsRotation, Rotation, Rotator, Sealed, Status,
+};
 use crate::error::{Error, OrReport};
 use crate::functions::parse_key;
 use crate::hygiene;
-use crate::target::Target;
+use crate::jsonb::{RawJsonb, Shape};
+use crate::target::{ColumnType, Target};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -44,12 +47,19 @@ enum Work {
     },
 }
 
+enum Stashed {
+    /// A whole envelope as JSON text (json and text columns).
+    Text(String),
+    /// The three re-sealed fields, merged into the stored jsonb with `||`.
+    Parts(EncodedParts),
+}
+
 struct ActiveCall {
     work: Work,
     target: Target,
     counts: Counts,
     /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
-    stash: Option<(pg_sys::ItemPointerData, String)>,
+    stash: Option<(pg_sys::ItemPointerData, Stashed)>,
     started: Instant,
     /// Rows between progress NOTICEs, 0 for none.
     progress_every: i64,
@@ -158,14 +168,24 @@ fn credential_reencrypt(
             let touch = touch_column
                 .map(|c| format!(", {c} = pg_catalog.now()"))
                 .unwrap_or_default();
-            format!(
-                "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take(ctid)::{ty}{touch}
-                  WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
-                rel = target.relation,
-                ext = target.ext_schema,
-                col = target.column,
-                ty = target.column_type.sql(),
-            )
+            if target.column_type == ColumnType::Jsonb {
+                format!(
+                    "UPDATE {rel} SET {col} = {col} OPERATOR(pg_catalog.||) {ext}._credential_reencrypt_take_jsonb(ctid){touch}
+                      WHERE {ext}._credential_reencrypt_row_jsonb(tableoid, ctid, {col})",
+                    rel = target.relation,
+                    ext = target.ext_schema,
+                    col = target.column,
+                )
+            } else {
+                format!(
+                    "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take(ctid)::{ty}{touch}
+                      WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                    rel = target.relation,
+                    ext = target.ext_schema,
+                    col = target.column,
+                    ty = target.column_type.sql(),
+                )
+            }
         };
         if !dry_run {
             // Readers go on; writers wait for our commit, so no row can be written under the
@@ -254,7 +274,7 @@ fn _credential_reencrypt_row(
             Ok(Rotation::Resealed(envelope)) => {
                 call.counts.updated += 1;
                 if !*dry_run {
-                    call.stash = Some((ctid, envelope.into_json()));
+                    call.stash = Some((ctid, Stashed::Text(envelope.into_json())));
                 }
                 Ok(true)
             }
@@ -263,20 +283,103 @@ fn _credential_reencrypt_row(
     });
     match outcome.or_report() {
         Ok(update) => update,
-        Err(reason) => {
-            // Outside the borrow: describing the row runs a query.
-            let target = ACTIVE
-                .with(|a| a.borrow().as_ref().map(|c| c.target.clone()))
-                .ok_or(Error::NotInCall("_credential_reencrypt_row"))
-                .or_report();
-            Error::Row {
-                pk: target.describe_row(tableoid, ctid),
-                table: target.relation,
-                reason,
-            }
-            .report()
-        }
+        Err(reason) => report_row_error(tableoid, ctid, reason),
     }
+}
+
+/// The qual of a rotation of a jsonb column: as `_credential_reencrypt_row`, reading the
+/// envelope's fields straight from the binary jsonb.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_row_jsonb(
+    tableoid: pg_sys::Oid,
+    ctid: pg_sys::ItemPointerData,
+    secret: Option<RawJsonb>,
+) -> bool {
+    let outcome = ACTIVE.with(|a| -> Result<Result<bool, EnvelopeError>, Error> {
+        let mut slot = a.borrow_mut();
+        let call = slot
+            .as_mut()
+            .ok_or(Error::NotInCall("_credential_reencrypt_row_jsonb"))?;
+        let Work::Rotate { rotator, dry_run } = &call.work else {
+            return Err(Error::NotInCall("_credential_reencrypt_row_jsonb"));
+        };
+        let dry_run = *dry_run;
+        call.counts.scanned += 1;
+        if call.progress_every > 0 && call.counts.scanned % call.progress_every == 0 {
+            report_progress(call);
+        }
+        let Some(secret) = secret else {
+            call.counts.empty += 1;
+            return Ok(Ok(false));
+        };
+        // SAFETY: the argument is declared jsonb.
+        let fields = match unsafe { secret.shape() } {
+            Shape::NotAnObject => return Ok(Err(EnvelopeError::NotAnObject)),
+            Shape::EmptyObject => {
+                call.counts.empty += 1;
+                return Ok(Ok(false));
+            }
+            Shape::Object(fields) => fields,
+        };
+        let [algorithm, iv, ciphertext, tag] = fields;
+        let rotated = Sealed::decode(algorithm, iv, ciphertext, tag)
+            .and_then(|sealed| rotator.rotate_sealed(&sealed, !dry_run));
+        Ok(match rotated {
+            Ok(PartsRotation::AlreadyCurrent) => {
+                call.counts.already_current += 1;
+                Ok(false)
+            }
+            Ok(PartsRotation::Resealed(parts)) => {
+                call.counts.updated += 1;
+                call.stash = parts.map(|p| (ctid, Stashed::Parts(p)));
+                Ok(true)
+            }
+            Err(reason) => Err(reason),
+        })
+    });
+    match outcome.or_report() {
+        Ok(update) => update,
+        Err(reason) => report_row_error(tableoid, ctid, reason),
+    }
+}
+
+/// The target list of a jsonb rotation: the three re-sealed fields, for `secret || parts`.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData) -> RawJsonb {
+    let parts = ACTIVE
+        .with(|a| -> Result<EncodedParts, Error> {
+            let mut slot = a.borrow_mut();
+            let call = slot
+                .as_mut()
+                .ok_or(Error::NotInCall("_credential_reencrypt_take_jsonb"))?;
+            match call.stash.take() {
+                Some((stashed, Stashed::Parts(parts))) if same_tid(stashed, ctid) => Ok(parts),
+                _ => Err(Error::Internal(
+                    "re-sealed envelope does not belong to the row being updated".into(),
+                )),
+            }
+        })
+        .or_report();
+    RawJsonb::from_parts(&parts)
+}
+
+/// Raises the ERROR for a row that cannot be rotated, naming it by primary key.
+fn report_row_error(
+    tableoid: pg_sys::Oid,
+    ctid: pg_sys::ItemPointerData,
+    reason: EnvelopeError,
+) -> ! {
+    // Outside any borrow of the active call: describing the row runs a query.
+    let target = ACTIVE
+        .with(|a| a.borrow().as_ref().map(|c| c.target.clone()))
+        .ok_or(Error::NotInCall("_credential_reencrypt_row"))
+        .or_report();
+    Error::Row {
+        pk: target.describe_row(tableoid, ctid),
+        table: target.relation,
+        reason,
+    }
+    .report()
 }
 
 /// A progress NOTICE: rows and the estimated total in the message, the rate in the DETAIL
@@ -318,7 +421,7 @@ fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> String {
                 .as_mut()
                 .ok_or(Error::NotInCall("_credential_reencrypt_take"))?;
             match call.stash.take() {
-                Some((stashed, envelope)) if same_tid(stashed, ctid) => Ok(envelope),
+                Some((stashed, Stashed::Text(envelope))) if same_tid(stashed, ctid) => Ok(envelope),
                 // The executor evaluates a scan's qual and target list for one tuple before it
                 // reads the next; anything else would pair a row with another row's secret.
                 _ => Err(Error::Internal(

@@ -27,6 +27,8 @@ GRANT EXECUTE ON FUNCTION
     credential_key_fingerprint(text),
     _credential_reencrypt_row(oid, tid, text),
     _credential_reencrypt_take(tid),
+    _credential_reencrypt_row_jsonb(oid, tid, jsonb),
+    _credential_reencrypt_take_jsonb(tid),
     _credential_status(text),
     _credential_audit_append(name, text, text, bigint, bigint, bigint, bigint, text, text)
   TO rotator;

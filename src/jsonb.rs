@@ -1,0 +1,163 @@
+//! Reading and writing envelope fields of a `jsonb` value in place.
+//!
+//! The generic path reads a secret as text (`jsonb_out`), parses it with serde, and writes
+//! text back that Postgres parses again (`jsonb_in`): three conversions of the whole envelope
+//! per row, most of the cost of a rotation. For `jsonb` columns the rotation instead looks up
+//! the four fields it needs in the binary container and hands back a three-field jsonb that the
+//! UPDATE merges with `||`, so every other field stays exactly as stored.
+
+use std::ffi::CStr;
+
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::Datum;
+use pgrx::pg_sys;
+use pgrx::pgrx_sql_entity_graph::metadata::{
+    ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
+};
+use pgrx::FromDatum;
+
+use crate::envelope::{EncodedParts, Field};
+
+/// A `jsonb` argument or result, passed as the raw datum without any conversion.
+pub struct RawJsonb(pg_sys::Datum);
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<RawJsonb> {
+        (!is_null).then_some(RawJsonb(datum))
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        // SAFETY: pgrx only calls this for a non-null argument of our declared type, jsonb.
+        unsafe {
+            RawJsonb(
+                arg.unbox_arg_using_from_datum::<RawJsonb>()
+                    .map_or(pg_sys::Datum::from(0), |r| r.0),
+            )
+        }
+    }
+}
+
+unsafe impl BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: the datum is a palloc'd jsonb built in the current memory context.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+unsafe impl SqlTranslatable for RawJsonb {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
+    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+}
+
+/// The shape of a stored jsonb secret, as far as a rotation cares.
+pub enum Shape<'a> {
+    NotAnObject,
+    EmptyObject,
+    /// algorithm, iv, ciphertext, authTag
+    Object([Field<'a>; 4]),
+}
+
+const FIELD_NAMES: [&CStr; 4] = [c"algorithm", c"iv", c"ciphertext", c"authTag"];
+
+impl RawJsonb {
+    /// Looks up the envelope fields. Borrowed strings point into the detoasted value, which
+    /// lives in the current memory context for the rest of the function call.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb.
+    pub unsafe fn shape<'a>(&'a self) -> Shape<'a> {
+        // SAFETY: a jsonb datum; pg_detoast_datum gives a 4-byte-header copy when needed, as
+        // DatumGetJsonbP does.
+        unsafe {
+            let jsonb = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let root = std::ptr::addr_of_mut!((*jsonb).root);
+            let header = (*root).header;
+            if header & pg_sys::JB_FOBJECT == 0 {
+                return Shape::NotAnObject;
+            }
+            if header & pg_sys::JB_CMASK == 0 {
+                return Shape::EmptyObject;
+            }
+            let mut fields = [Field::Missing; 4];
+            for (slot, name) in fields.iter_mut().zip(FIELD_NAMES) {
+                let value = pg_sys::getKeyJsonValueFromContainer(
+                    root,
+                    name.as_ptr(),
+                    name.to_bytes().len() as i32,
+                    std::ptr::null_mut(),
+                );
+                *slot = if value.is_null() {
+                    Field::Missing
+                } else if (*value).type_ != pg_sys::jbvType::jbvString {
+                    Field::NotAString
+                } else {
+                    let s = (*value).val.string;
+                    let bytes = std::slice::from_raw_parts(s.val as *const u8, s.len as usize);
+                    // jsonb strings are valid UTF-8 in a UTF-8 database; anything else cannot
+                    // be base64 and is reported like a non-string.
+                    match std::str::from_utf8(bytes) {
+                        Ok(text) => Field::Str(text),
+                        Err(_) => Field::NotAString,
+                    }
+                };
+            }
+            Shape::Object(fields)
+        }
+    }
+
+    /// `{"iv": …, "authTag": …, "ciphertext": …}` as a jsonb, for `secret || parts`.
+    pub fn from_parts(parts: &EncodedParts) -> RawJsonb {
+        let pairs: [(&str, &str); 3] = [
+            ("iv", &parts.iv),
+            ("ciphertext", &parts.ciphertext),
+            ("authTag", &parts.auth_tag),
+        ];
+        // SAFETY: pushJsonbValue copies nothing until JsonbValueToJsonb serialises the tree,
+        // and the strings it points to outlive this function.
+        unsafe {
+            let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+            pg_sys::pushJsonbValue(
+                &mut state,
+                pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
+                std::ptr::null_mut(),
+            );
+            for (key, value) in pairs {
+                let mut key = string_value(key);
+                let mut value = string_value(value);
+                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
+                pg_sys::pushJsonbValue(
+                    &mut state,
+                    pg_sys::JsonbIteratorToken::WJB_VALUE,
+                    &mut value,
+                );
+            }
+            let object = pg_sys::pushJsonbValue(
+                &mut state,
+                pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
+                std::ptr::null_mut(),
+            );
+            RawJsonb(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(object)))
+        }
+    }
+}
+
+fn string_value(s: &str) -> pg_sys::JsonbValue {
+    pg_sys::JsonbValue {
+        type_: pg_sys::jbvType::jbvString,
+        val: pg_sys::JsonbValue__bindgen_ty_1 {
+            string: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
+                len: s.len() as i32,
+                val: s.as_ptr() as *mut std::ffi::c_char,
+            },
+        },
+    }
+}
