@@ -2,7 +2,7 @@
 -- rewrites secrets. A rotation role gets EXECUTE explicitly (see README, "Privileges").
 DO $$
 DECLARE
-    fn regprocedure;
+    fn regprocedure;  -- functions and procedures alike
 BEGIN
     FOR fn IN
         SELECT d.objid::regprocedure
@@ -13,7 +13,7 @@ BEGIN
            AND d.deptype = 'e'
            AND e.extname = 'credential_rotate'
     LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', fn);
     END LOOP;
 END
 $$;

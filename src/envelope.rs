@@ -281,8 +281,7 @@ impl Cipher {
 
     /// Seals plaintext with a fresh random IV; returns the parts and their base64 text.
     pub fn seal_parts(&self, plaintext: &[u8]) -> Result<(Sealed, EncodedParts), EnvelopeError> {
-        let mut iv = [0u8; IV_LEN];
-        getrandom::getrandom(&mut iv).map_err(|_| EnvelopeError::Random)?;
+        let iv = fresh_iv()?;
         let mut ciphertext = plaintext.to_vec();
         let tag = self
             .aead
@@ -304,6 +303,42 @@ impl Cipher {
             encoded,
         ))
     }
+}
+
+/// IVs drawn from the OS CSPRNG in blocks: one `getrandom` call per 256 IVs instead of one
+/// per row. IVs are public, so buffering them exposes nothing; the buffer is tied to the
+/// process that filled it, so a forked child can never reuse its parent's IVs.
+struct IvPool {
+    pid: u32,
+    buffer: [u8; IV_LEN * IV_POOL_SIZE],
+    next: usize,
+}
+
+const IV_POOL_SIZE: usize = 256;
+
+thread_local! {
+    static IV_POOL: std::cell::RefCell<IvPool> = const {
+        std::cell::RefCell::new(IvPool { pid: 0, buffer: [0; IV_LEN * IV_POOL_SIZE], next: IV_POOL_SIZE })
+    };
+}
+
+fn fresh_iv() -> Result<[u8; IV_LEN], EnvelopeError> {
+    IV_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let pid = std::process::id();
+        if pool.next == IV_POOL_SIZE || pool.pid != pid {
+            getrandom::getrandom(&mut pool.buffer).map_err(|_| EnvelopeError::Random)?;
+            pool.pid = pid;
+            pool.next = 0;
+        }
+        let start = pool.next * IV_LEN;
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&pool.buffer[start..start + IV_LEN]);
+        // Never hand out the same bytes twice.
+        pool.buffer[start..start + IV_LEN].fill(0);
+        pool.next += 1;
+        Ok(iv)
+    })
 }
 
 /// What rotating one stored secret amounts to.
@@ -601,6 +636,17 @@ mod tests {
                 rotator.rotate(&out.to_json(), true).unwrap(),
                 Rotation::AlreadyCurrent
             ));
+        }
+    }
+
+    #[test]
+    fn ivs_never_repeat_across_pool_refills() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..(IV_POOL_SIZE * 3 + 7) {
+            assert!(
+                seen.insert(fresh_iv().unwrap()),
+                "an IV was handed out twice"
+            );
         }
     }
 

@@ -21,6 +21,14 @@ pub mod target;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/audit.sql", name = "audit");
+extension_sql_file!(
+    "../sql/batched.sql",
+    name = "batched",
+    requires = [
+        rotate::credential_reencrypt,
+        rotate::_credential_reencrypt_blocks
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", finalize);
 
 /// `credential_rotate.progress_rows`: a NOTICE every this many rows scanned; 0 silences it.

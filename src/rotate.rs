@@ -127,6 +127,59 @@ fn credential_reencrypt(
         name!(empty, i64),
     ),
 > {
+    let options = Options {
+        dry_run: dry_run.ok_or(Error::NullArgument("dry_run")).or_report(),
+        touch_updated_at: touch_updated_at
+            .ok_or(Error::NullArgument("touch_updated_at"))
+            .or_report(),
+        blocks: None,
+    };
+    let c = rotate(old_key, new_key, target_table, secret_column, options);
+    TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
+}
+
+/// One batch of `credential_reencrypt_batched`: the rows stored in heap blocks
+/// `[first_block, end_block)`, found with a TID range scan.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_blocks(
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+    target_table: Option<&str>,
+    secret_column: Option<&str>,
+    first_block: i64,
+    end_block: i64,
+) -> TableIterator<
+    'static,
+    (
+        name!(scanned, i64),
+        name!(updated, i64),
+        name!(already_current, i64),
+        name!(empty, i64),
+    ),
+> {
+    let options = Options {
+        dry_run: false,
+        touch_updated_at: false,
+        blocks: Some((first_block, end_block)),
+    };
+    let c = rotate(old_key, new_key, target_table, secret_column, options);
+    TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
+}
+
+struct Options {
+    dry_run: bool,
+    touch_updated_at: bool,
+    /// Restrict the rotation to the rows stored in this range of heap blocks.
+    blocks: Option<(i64, i64)>,
+}
+
+fn rotate(
+    old_key: Option<&str>,
+    new_key: Option<&str>,
+    target_table: Option<&str>,
+    secret_column: Option<&str>,
+    options: Options,
+) -> Counts {
     hygiene::mark_statement();
     let old = parse_key("old_key", old_key).or_report();
     let new = parse_key("new_key", new_key).or_report();
@@ -139,15 +192,16 @@ fn credential_reencrypt(
     let column = secret_column
         .ok_or(Error::NullArgument("secret_column"))
         .or_report();
-    let dry_run = dry_run.ok_or(Error::NullArgument("dry_run")).or_report();
-    let touch = touch_updated_at
-        .ok_or(Error::NullArgument("touch_updated_at"))
-        .or_report();
+    let Options {
+        dry_run,
+        touch_updated_at: touch,
+        blocks,
+    } = options;
     let rotator = Box::new(Rotator::new(&old, &new));
     let fingerprints = (old.fingerprint(), new.fingerprint());
     drop((old, new));
 
-    let counts = Spi::connect_mut(|client| -> Result<Counts, Error> {
+    Spi::connect_mut(|client| -> Result<Counts, Error> {
         let target = Target::resolve(client, table, column)?;
         let touch_column = if touch {
             Some(target.timestamp_column(client, "updated_at")?)
@@ -157,6 +211,14 @@ fn credential_reencrypt(
         let relation = target.relation.clone();
         let ext_schema = target.ext_schema.clone();
         let column_name = target.column.clone();
+        // The block range goes first so that the planner picks a TID range scan.
+        let (range, range_args) = match blocks {
+            Some((first, end)) => (
+                "ctid >= $1::pg_catalog.tid AND ctid < $2::pg_catalog.tid AND ",
+                vec![format!("({first},0)"), format!("({end},0)")],
+            ),
+            None => ("", vec![]),
+        };
         let statement = if dry_run {
             format!(
                 "SELECT count(*) FROM {rel} WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
@@ -171,7 +233,7 @@ fn credential_reencrypt(
             if target.column_type == ColumnType::Jsonb {
                 format!(
                     "UPDATE {rel} SET {col} = {col} OPERATOR(pg_catalog.||) {ext}._credential_reencrypt_take_jsonb(ctid){touch}
-                      WHERE {ext}._credential_reencrypt_row_jsonb(tableoid, ctid, {col})",
+                      WHERE {range}{ext}._credential_reencrypt_row_jsonb(tableoid, ctid, {col})",
                     rel = target.relation,
                     ext = target.ext_schema,
                     col = target.column,
@@ -179,7 +241,7 @@ fn credential_reencrypt(
             } else {
                 format!(
                     "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take(ctid)::{ty}{touch}
-                      WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                      WHERE {range}{ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
                     rel = target.relation,
                     ext = target.ext_schema,
                     col = target.column,
@@ -198,7 +260,9 @@ fn credential_reencrypt(
             )?;
         }
         let guard = ActiveGuard::install(Work::Rotate { rotator, dry_run }, target)?;
-        let processed = client.update(&statement, None, &[])?.len() as i64;
+        let args: Vec<pgrx::datum::DatumWithOid> =
+            range_args.iter().map(|a| a.as_str().into()).collect();
+        let processed = client.update(&statement, None, &args)?.len() as i64;
         let counts = guard.counts();
         drop(guard);
         if dry_run {
@@ -229,14 +293,7 @@ fn credential_reencrypt(
         )?;
         Ok(counts)
     })
-    .or_report();
-
-    TableIterator::once((
-        counts.scanned,
-        counts.updated,
-        counts.already_current,
-        counts.empty,
-    ))
+    .or_report()
 }
 
 /// The qual of a rotation: true when the row was opened with the old key and re-sealed.
