@@ -26,6 +26,10 @@ ensure_deps() {
         log "installing cargo-pgrx $PGRX_VERSION (about 6 minutes)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked
+    fi
     if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
         log "cargo pgrx init --pg$PG_MAJOR"
         cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
@@ -51,11 +55,18 @@ cluster_start() {
     mkdir -p "$CLUSTER_DIR/sock"
     chown -R postgres:postgres "$CLUSTER_DIR"
     CLUSTER_LOG=$CLUSTER_DIR/server.log
+    CLUSTER_OPTS="-p $port -k $CLUSTER_DIR/sock -c listen_addresses='' $*"
+    export CLUSTER_DIR CLUSTER_LOG CLUSTER_OPTS
     sudo -u postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -A trust -U postgres >/dev/null
-    sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w \
-        -o "-p $port -k $CLUSTER_DIR/sock -c listen_addresses='' $*" start >/dev/null
+    cluster_start_again
     export PGHOST=$CLUSTER_DIR/sock PGPORT=$port PGUSER=postgres PGDATABASE=postgres
     trap cluster_stop EXIT
+}
+
+# Starts the cluster made by cluster_start again, with the same settings (after a stop).
+cluster_start_again() {
+    sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w \
+        -o "$CLUSTER_OPTS" start >/dev/null
 }
 
 cluster_stop() {

@@ -67,6 +67,15 @@ log_hygiene() {
     bash tests/log_hygiene.sh "$CLUSTER_LOG"
 }
 
+# The pure envelope/key core under libFuzzer for FUZZ_SECONDS (default 30; longer on demand:
+# FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run envelope -s none directly).
+fuzz() {
+    cargo fuzz run envelope --sanitizer none fuzz/corpus/envelope -- \
+        -max_total_time="${FUZZ_SECONDS:-30}" -timeout=5 -print_final_stats=1 2>&1 |
+        grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|Done|SUMMARY|panicked|ERROR" ;
+    return "${PIPESTATUS[0]}"
+}
+
 ensure_deps
 PG_LIBDIR=$("$PG_CONFIG" --pkglibdir)
 
@@ -78,6 +87,10 @@ stage "pg_regress suite" regress
 [ -d tests/isolation/specs ] && stage "isolation tests" isolation
 stage "Node.js interop tests" node_interop
 stage "server log hygiene" log_hygiene
+stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
+stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
+stage "hot standby reader during a rotation" bash tests/hot_standby.sh
+stage "fuzzing the envelope parser, opener and key parser" fuzz
 
 if [ "$failed" -gt 0 ]; then
     printf '\nfailed stages: %s\n' "${failures[*]}"

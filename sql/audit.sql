@@ -21,19 +21,6 @@ SELECT pg_catalog.pg_extension_config_dump('credential_rotate_audit', '');
 SELECT pg_catalog.pg_extension_config_dump('credential_rotate_audit_id_seq', '');
 REVOKE ALL ON credential_rotate_audit FROM PUBLIC;
 
--- Rotation roles append through this function rather than holding INSERT on the table, so the
--- trail stays append-only for them. rotated_by is the caller's current_user, passed in by
--- credential_reencrypt (inside a SECURITY DEFINER function current_user is the owner).
-CREATE FUNCTION _credential_audit_append(
-    rotated_by name, target_table text, secret_column text,
-    scanned bigint, updated bigint, already_current bigint, empty bigint,
-    old_key_fingerprint text, new_key_fingerprint text
-) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    INSERT INTO @extschema@.credential_rotate_audit
-        (rotated_by, target_table, secret_column, scanned, updated, already_current, empty,
-         old_key_fingerprint, new_key_fingerprint)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-$$;
+-- Rows are appended by the SECURITY DEFINER function _credential_audit_append(), which
+-- takes no arguments: it records the rotation that has just finished in the same backend, so a
+-- role allowed to call it cannot forge an entry. Nobody else can write the table.

@@ -4,7 +4,8 @@
 -- both keys). Idempotent: call it again after an interruption and it carries on, finding the
 -- finished rows already current. It ends with one atomic pass over the whole table, which
 -- picks up rows the application wrote with the old key meanwhile, or that moved behind the
--- batch front, and leaves the table fully rotated. CALL it outside a transaction block.
+-- batch front, and leaves the table fully rotated; that pass holds the table lock for a scan
+-- of the whole table (writing only the stragglers). CALL it outside a transaction block.
 CREATE PROCEDURE credential_reencrypt_batched(
     old_key text,
     new_key text,
@@ -17,7 +18,7 @@ CREATE PROCEDURE credential_reencrypt_batched(
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    rel regclass := pg_catalog.to_regclass(target_table);
+    rel regclass;
     blocks bigint;
     rows_per_block bigint;
     step bigint;
@@ -26,18 +27,23 @@ DECLARE
     r record;
     total_updated bigint := 0;
 BEGIN
+    -- First of all a call into the library: it checks both keys (SQLSTATE 22023) and marks
+    -- the statement, whose text holds the keys, as one the server log must not show.
+    PERFORM @extschema@._credential_check_keys(old_key, new_key);
     IF batch_rows IS NULL OR batch_rows < 1 THEN
         RAISE EXCEPTION 'batch_rows must be a positive number of rows' USING ERRCODE = '22023';
     END IF;
-    IF rel IS NULL THEN
-        RAISE EXCEPTION 'relation "%" does not exist', target_table USING ERRCODE = '42P01';
-    END IF;
+    -- A missing table is reported by the final pass (without echoing a misplaced key).
+    rel := pg_catalog.to_regclass(target_table);
     -- Batches are ranges of heap blocks, sized from the table's average rows per block.
     -- A partitioned parent has no blocks of its own: it goes straight to the final pass.
-    blocks := pg_catalog.pg_relation_size(rel) / pg_catalog.current_setting('block_size')::bigint;
-    SELECT greatest(1, round(c.reltuples / greatest(c.relpages, 1)))::bigint INTO rows_per_block
+    blocks := coalesce(pg_catalog.pg_relation_size(rel)
+                       / pg_catalog.current_setting('block_size')::pg_catalog.int8, 0);
+    SELECT greatest(1, pg_catalog.round(c.reltuples::pg_catalog.float8
+                                        / greatest(c.relpages, 1)::pg_catalog.float8))::pg_catalog.int8
+      INTO rows_per_block
       FROM pg_catalog.pg_class c WHERE c.oid = rel;
-    step := greatest(1, batch_rows / rows_per_block);
+    step := greatest(1, batch_rows::pg_catalog.int8 / coalesce(rows_per_block, 1));
     WHILE first_block < blocks LOOP
         SELECT * INTO r FROM @extschema@._credential_reencrypt_blocks(
             old_key, new_key, target_table, secret_column, first_block, first_block + step);

@@ -205,6 +205,10 @@ impl Envelope {
         Value::Object(self.fields.clone()).to_string()
     }
 
+    pub fn into_sealed(self) -> Sealed {
+        self.sealed
+    }
+
     /// The envelope as JSON text, consuming it (no copy of the fields).
     pub fn into_json(self) -> String {
         Value::Object(self.fields).to_string()

@@ -53,6 +53,8 @@ pub enum Error {
     NotInCall(&'static str),
     #[error("credential_reencrypt and credential_verify cannot be nested")]
     Nested,
+    #[error("credential_reencrypt must run in a READ COMMITTED transaction")]
+    IsolationLevel,
     #[error("the operating system's random number generator failed")]
     Random,
     #[error("internal error: {0}")]
@@ -84,6 +86,7 @@ impl Error {
             Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
             Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             Error::NotInCall(_) | Error::Nested => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::IsolationLevel => ERRCODE_ACTIVE_SQL_TRANSACTION,
             Error::Random | Error::Internal(_) | Error::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -95,6 +98,9 @@ impl Error {
             }
             Error::InvalidKey { .. } => Some(
                 "A key is the standard base64 of 32 random bytes, as credential_generate_key() returns.",
+            ),
+            Error::IsolationLevel => Some(
+                "Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot predates the table lock, so rows written while waiting for it would be missed. Use BEGIN ISOLATION LEVEL READ COMMITTED (or a dry run).",
             ),
             _ => None,
         }

@@ -6,9 +6,10 @@ use zeroize::Zeroizing;
 
 use pgrx::PgMemoryContexts;
 
-use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Secret};
+use crate::envelope::{Cipher, EnvelopeError, PartsRotation, Rotation, Rotator, Sealed, Secret};
 use crate::error::{Error, OrReport};
 use crate::hygiene;
+use crate::jsonb::RawJsonb;
 use crate::key::{Key, KeyError};
 
 /// Parses a key argument, naming the argument (never its value) when it is refused.
@@ -30,10 +31,14 @@ fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
 /// Seals a secret object the way the application does: the compact JSON text of `plaintext`
 /// (as `JSON.stringify` writes it) under `key`.
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
-fn credential_encrypt_jsonb(plaintext: Option<JsonB>, key: Option<&str>) -> Option<JsonB> {
-    let plaintext = plaintext?;
-    let text = Zeroizing::new(plaintext.0.to_string());
-    Some(seal(text.as_bytes(), key))
+fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> Option<JsonB> {
+    let text = Zeroizing::new(plaintext?.to_text());
+    // jsonb_out writes `{"a": 1}`; the application seals JSON.stringify's `{"a":1}`.
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| Error::Envelope(EnvelopeError::NotJson))
+        .or_report();
+    let compact = Zeroizing::new(value.to_string());
+    Some(seal(compact.as_bytes(), key))
 }
 
 /// Seals the exact bytes of `plaintext` under `key`.
@@ -42,33 +47,46 @@ fn credential_encrypt_text(plaintext: Option<&str>, key: Option<&str>) -> Option
     Some(seal(plaintext?.as_bytes(), key))
 }
 
-fn open(envelope: &str, key: Option<&str>) -> Option<String> {
+fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<String> {
     hygiene::mark_statement();
     let key = parse_key("key", key).or_report();
-    match Secret::parse(envelope).or_report() {
-        Secret::Empty => None,
-        Secret::Sealed(envelope) => {
-            let plaintext = Cipher::new(&key).open(&envelope).or_report();
-            // open() has checked UTF-8 already.
-            let text = std::str::from_utf8(&plaintext)
-                .map_err(|_| Error::Envelope(EnvelopeError::PlaintextNotUtf8))
-                .or_report();
-            Some(text.to_owned())
-        }
-    }
+    let plaintext = Cipher::new(&key).open_sealed(&sealed?).or_report();
+    // open_sealed() has checked UTF-8 already.
+    let text = std::str::from_utf8(&plaintext)
+        .map_err(|_| Error::Envelope(EnvelopeError::PlaintextNotUtf8))
+        .or_report();
+    Some(text.to_owned())
 }
 
 /// Opens an envelope to the exact plaintext text the application sealed. `{}` (no secret
 /// stored) gives NULL.
 #[pg_extern(immutable, parallel_safe, name = "credential_decrypt")]
-fn credential_decrypt_jsonb(envelope: Option<JsonB>, key: Option<&str>) -> Option<String> {
-    let text = envelope?.0.to_string();
-    open(&text, key)
+fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Option<String> {
+    // SAFETY: the argument is declared jsonb.
+    let sealed = unsafe { envelope?.sealed() }.or_report();
+    open(sealed, key)
 }
 
 #[pg_extern(immutable, parallel_safe, name = "credential_decrypt")]
 fn credential_decrypt_text(envelope: Option<&str>, key: Option<&str>) -> Option<String> {
-    open(envelope?, key)
+    let sealed = match Secret::parse(envelope?).or_report() {
+        Secret::Empty => None,
+        Secret::Sealed(envelope) => Some(envelope.into_sealed()),
+    };
+    open(sealed, key)
+}
+
+/// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
+/// as one whose text holds keys. For callers written in SQL, before they do anything else.
+#[pg_extern(immutable, parallel_safe)]
+fn _credential_check_keys(old_key: Option<&str>, new_key: Option<&str>) -> bool {
+    hygiene::mark_statement();
+    let old = parse_key("old_key", old_key).or_report();
+    let new = parse_key("new_key", new_key).or_report();
+    if old == new {
+        Error::SameKey.report();
+    }
+    true
 }
 
 /// A new key: standard base64 of 32 bytes from the operating system's CSPRNG.
@@ -152,17 +170,22 @@ fn call_site(
 /// parsed once per call site.
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_jsonb(
-    envelope: Option<JsonB>,
+    envelope: Option<RawJsonb>,
     old_key: Option<&str>,
     new_key: Option<&str>,
     fcinfo: pg_sys::FunctionCallInfo,
-) -> Option<JsonB> {
+) -> Option<RawJsonb> {
     let envelope = envelope?;
     let rotator = call_site(fcinfo, old_key, new_key);
-    let secret = Secret::from_value(envelope.0.clone()).or_report();
-    match rotator.rotate_secret(secret, true).or_report() {
-        Rotation::Resealed(resealed) => Some(JsonB(resealed.into_value())),
-        Rotation::AlreadyCurrent | Rotation::Empty => Some(envelope),
+    // SAFETY: the argument is declared jsonb.
+    let Some(sealed) = (unsafe { envelope.sealed() }).or_report() else {
+        return Some(envelope);
+    };
+    match rotator.rotate_sealed(&sealed, true).or_report() {
+        PartsRotation::Resealed(Some(parts)) => {
+            Some(envelope.concat(&RawJsonb::from_parts(&parts)))
+        }
+        PartsRotation::Resealed(None) | PartsRotation::AlreadyCurrent => Some(envelope),
     }
 }
 

@@ -59,6 +59,8 @@ unsafe extern "C-unwind" fn hide_statement_hook(edata: *mut pg_sys::ErrorData) {
     unsafe {
         if !edata.is_null() && (statement_is_marked() || statement_mentions_extension()) {
             (*edata).hide_stmt = true;
+            // A call made from PL/pgSQL or EXECUTE shows its text in the CONTEXT line too.
+            (*edata).hide_ctx = true;
         }
         if let Some(previous) = PREVIOUS_HOOK {
             previous(edata);

@@ -16,7 +16,7 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::FromDatum;
 
-use crate::envelope::{EncodedParts, Field};
+use crate::envelope::{EncodedParts, EnvelopeError, Field, Sealed};
 
 /// A `jsonb` argument or result, passed as the raw datum without any conversion.
 pub struct RawJsonb(pg_sys::Datum);
@@ -112,6 +112,42 @@ impl RawJsonb {
             }
             Shape::Object(fields)
         }
+    }
+
+    /// The decoded envelope of a stored jsonb secret; `None` for `{}`.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb.
+    pub unsafe fn sealed(&self) -> Result<Option<Sealed>, EnvelopeError> {
+        // SAFETY: forwarded to the caller.
+        match unsafe { self.shape() } {
+            Shape::NotAnObject => Err(EnvelopeError::NotAnObject),
+            Shape::EmptyObject => Ok(None),
+            Shape::Object([algorithm, iv, ciphertext, tag]) => {
+                Sealed::decode(algorithm, iv, ciphertext, tag).map(Some)
+            }
+        }
+    }
+
+    /// The value's JSON text, as `jsonb_out` writes it.
+    pub fn to_text(&self) -> String {
+        // SAFETY: jsonb_out takes one jsonb datum and returns a cstring.
+        let text =
+            unsafe { pgrx::direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(self.0)]) };
+        text.map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `self || other`, with Postgres' own jsonb_concat.
+    pub fn concat(&self, other: &RawJsonb) -> RawJsonb {
+        // SAFETY: jsonb_concat takes two jsonb datums and returns a new jsonb.
+        let datum = unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::jsonb_concat,
+                &[Some(self.0), Some(other.0)],
+            )
+        };
+        RawJsonb(datum.unwrap_or(self.0))
     }
 
     /// `{"iv": …, "authTag": …, "ciphertext": …}` as a jsonb, for `secret || parts`.

@@ -197,6 +197,13 @@ fn rotate(
         touch_updated_at: touch,
         blocks,
     } = options;
+    // Under REPEATABLE READ or SERIALIZABLE the UPDATE would use the transaction's snapshot,
+    // taken before our table lock was granted: a row inserted under the old key while we
+    // waited for the lock would be invisible to the rotation and silently stay behind.
+    // SAFETY: reads a backend-local setting.
+    if !dry_run && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        Error::IsolationLevel.report();
+    }
     let rotator = Box::new(Rotator::new(&old, &new));
     let fingerprints = (old.fingerprint(), new.fingerprint());
     drop((old, new));
@@ -219,12 +226,25 @@ fn rotate(
             ),
             None => ("", vec![]),
         };
+        // The qual that classifies (and, unless dry, re-seals) each row: jsonb columns are read
+        // in their binary form, json and text columns as text.
+        let qual = if target.column_type == ColumnType::Jsonb {
+            format!(
+                "{ext}._credential_reencrypt_row_jsonb(tableoid, ctid, {col})",
+                ext = target.ext_schema,
+                col = target.column
+            )
+        } else {
+            format!(
+                "{ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                ext = target.ext_schema,
+                col = target.column
+            )
+        };
         let statement = if dry_run {
             format!(
-                "SELECT count(*) FROM {rel} WHERE {ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                "SELECT pg_catalog.count(*) FROM {rel} WHERE {range}{qual}",
                 rel = target.relation,
-                ext = target.ext_schema,
-                col = target.column,
             )
         } else {
             let touch = touch_column
@@ -233,7 +253,7 @@ fn rotate(
             if target.column_type == ColumnType::Jsonb {
                 format!(
                     "UPDATE {rel} SET {col} = {col} OPERATOR(pg_catalog.||) {ext}._credential_reencrypt_take_jsonb(ctid){touch}
-                      WHERE {range}{ext}._credential_reencrypt_row_jsonb(tableoid, ctid, {col})",
+                      WHERE {range}{qual}",
                     rel = target.relation,
                     ext = target.ext_schema,
                     col = target.column,
@@ -241,7 +261,7 @@ fn rotate(
             } else {
                 format!(
                     "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take(ctid)::{ty}{touch}
-                      WHERE {range}{ext}._credential_reencrypt_row(tableoid, ctid, {col}::pg_catalog.text)",
+                      WHERE {range}{qual}",
                     rel = target.relation,
                     ext = target.ext_schema,
                     col = target.column,
@@ -274,25 +294,85 @@ fn rotate(
                 skipped: counts.updated - processed,
             });
         }
+        let rotated_by = client
+            .select("SELECT current_user::pg_catalog.text", Some(1), &[])?
+            .first()
+            .get_one::<String>()?
+            .unwrap_or_default();
+        PENDING_AUDIT.with(|p| {
+            p.replace(Some(AuditRecord {
+                ext_schema: ext_schema.clone(),
+                rotated_by,
+                target_table: relation,
+                secret_column: column_name,
+                counts,
+                old_fingerprint: fingerprints.0,
+                new_fingerprint: fingerprints.1,
+            }))
+        });
         client.update(
-            &format!(
-                "SELECT {ext}._credential_audit_append(current_user, $1, $2, $3, $4, $5, $6, $7, $8)",
-                ext = ext_schema
-            ),
+            &format!("SELECT {ext_schema}._credential_audit_append()"),
             None,
-            &[
-                relation.as_str().into(),
-                column_name.as_str().into(),
-                counts.scanned.into(),
-                counts.updated.into(),
-                counts.already_current.into(),
-                counts.empty.into(),
-                fingerprints.0.as_str().into(),
-                fingerprints.1.as_str().into(),
-            ],
+            &[],
         )?;
         Ok(counts)
     })
+    .or_report()
+}
+
+/// What the audit row of a finished rotation records, handed from `rotate` to the
+/// SECURITY DEFINER `_credential_audit_append` through backend-local state rather than as
+/// arguments, so that a role allowed to call it cannot write an audit row of its own making.
+struct AuditRecord {
+    ext_schema: String,
+    rotated_by: String,
+    target_table: String,
+    secret_column: String,
+    counts: Counts,
+    old_fingerprint: String,
+    new_fingerprint: String,
+}
+
+thread_local! {
+    static PENDING_AUDIT: RefCell<Option<AuditRecord>> = const { RefCell::new(None) };
+}
+
+/// Appends the audit row of the rotation that has just finished in this backend; refuses to
+/// do anything else. Runs as the extension's owner so that rotation roles need no privilege on
+/// the audit table.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn _credential_audit_append() -> bool {
+    let record = PENDING_AUDIT
+        .with(|p| p.borrow_mut().take())
+        .ok_or(Error::NotInCall("_credential_audit_append"))
+        .or_report();
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                &format!(
+                    "INSERT INTO {}.credential_rotate_audit
+                   (rotated_by, target_table, secret_column, scanned, updated, already_current,
+                    empty, old_key_fingerprint, new_key_fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    record.ext_schema
+                ),
+                None,
+                &[
+                    record.rotated_by.as_str().into(),
+                    record.target_table.as_str().into(),
+                    record.secret_column.as_str().into(),
+                    record.counts.scanned.into(),
+                    record.counts.updated.into(),
+                    record.counts.already_current.into(),
+                    record.counts.empty.into(),
+                    record.old_fingerprint.as_str().into(),
+                    record.new_fingerprint.as_str().into(),
+                ],
+            )
+            .map(|_| true)
+    })
+    .map_err(Error::from)
     .or_report()
 }
 
@@ -512,10 +592,8 @@ fn credential_verify(
                             count(*) FILTER (WHERE s = 'not_readable'),
                             count(*) FILTER (WHERE s = 'empty'),
                             count(*) FILTER (WHERE s NOT IN ('readable', 'not_readable', 'empty'))
-                       FROM (SELECT {ext}._credential_status({col}::pg_catalog.text) AS s
-                               FROM {rel}) AS statuses",
-                    ext = target.ext_schema,
-                    col = target.column,
+                       FROM (SELECT {status} AS s FROM {rel}) AS statuses",
+                    status = status_expr(target),
                     rel = target.relation,
                 ),
                 Some(1),
@@ -548,13 +626,11 @@ fn credential_verify_rows(
                 "SELECT $1 || '=(' || pk || ')',
                         CASE s WHEN 'not_readable' THEN 'the envelope does not open with the key'
                                ELSE s END
-                   FROM (SELECT {pk} AS pk, {ext}._credential_status({col}::pg_catalog.text) AS s
-                           FROM {rel}) AS statuses
+                   FROM (SELECT {pk} AS pk, {status} AS s FROM {rel}) AS statuses
                   WHERE s NOT IN ('readable', 'empty')
                   ORDER BY pk",
                 pk = target.pk_value_expr,
-                ext = target.ext_schema,
-                col = target.column,
+                status = status_expr(target),
                 rel = target.relation,
             ),
             None,
@@ -595,24 +671,51 @@ fn with_verify_call<R>(
     .or_report()
 }
 
-/// Per-row status under the active `credential_verify` key: `empty`, `readable`,
-/// `not_readable`, or the reason the value is malformed.
+/// The per-row status expression of a verification: binary for jsonb, text otherwise.
+fn status_expr(target: &Target) -> String {
+    if target.column_type == ColumnType::Jsonb {
+        format!(
+            "{}._credential_status_jsonb({})",
+            target.ext_schema, target.column
+        )
+    } else {
+        format!(
+            "{}._credential_status({}::pg_catalog.text)",
+            target.ext_schema, target.column
+        )
+    }
+}
+
+/// As `_credential_status`, for a jsonb value read in its binary form.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_status(secret: Option<&str>) -> String {
+fn _credential_status_jsonb(secret: Option<RawJsonb>) -> String {
+    with_verify_cipher("_credential_status_jsonb", |cipher| {
+        let Some(secret) = secret else {
+            return Status::Empty;
+        };
+        // SAFETY: the argument is declared jsonb.
+        match unsafe { secret.sealed() } {
+            Ok(None) => Status::Empty,
+            Ok(Some(sealed)) => match cipher.open_sealed(&sealed) {
+                Ok(_) => Status::Readable,
+                Err(EnvelopeError::DoesNotOpen) => Status::NotReadable,
+                Err(other) => Status::Malformed(other),
+            },
+            Err(other) => Status::Malformed(other),
+        }
+    })
+}
+
+fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Status) -> String {
     ACTIVE
         .with(|a| -> Result<String, Error> {
             let mut slot = a.borrow_mut();
-            let call = slot
-                .as_mut()
-                .ok_or(Error::NotInCall("_credential_status"))?;
+            let call = slot.as_mut().ok_or(Error::NotInCall(helper))?;
             let Work::Verify { cipher } = &call.work else {
-                return Err(Error::NotInCall("_credential_status"));
+                return Err(Error::NotInCall(helper));
             };
             call.counts.scanned += 1;
-            let Some(secret) = secret else {
-                return Ok("empty".into());
-            };
-            Ok(match cipher.status(secret) {
+            Ok(match status(cipher) {
                 Status::Empty => "empty".into(),
                 Status::Readable => "readable".into(),
                 Status::NotReadable => "not_readable".into(),
@@ -620,6 +723,16 @@ fn _credential_status(secret: Option<&str>) -> String {
             })
         })
         .or_report()
+}
+
+/// Per-row status under the active `credential_verify` key: `empty`, `readable`,
+/// `not_readable`, or the reason the value is malformed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_status(secret: Option<&str>) -> String {
+    with_verify_cipher("_credential_status", |cipher| match secret {
+        None => Status::Empty,
+        Some(secret) => cipher.status(secret),
+    })
 }
 
 fn same_tid(a: pg_sys::ItemPointerData, b: pg_sys::ItemPointerData) -> bool {

@@ -1,7 +1,9 @@
 //! Resolving the table and column a call works on.
 //!
 //! Every identifier that ends up in generated SQL comes out of the catalogs already quoted by
-//! Postgres (`format('%I')`); user input only ever travels as an SPI parameter.
+//! Postgres (`pg_catalog.format('%I')`); user input only ever travels as an SPI parameter.
+//! Every function called is schema-qualified: an unqualified `format` could resolve to a
+//! better-matching function on the caller's search_path and inject SQL.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -53,7 +55,7 @@ impl Target {
     pub fn resolve(client: &SpiClient<'_>, table: &str, column: &str) -> Result<Target, Error> {
         let rel = client
             .select(
-                "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text,
+                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::pg_catalog.text,
                         c.reltuples::float8
                    FROM pg_catalog.pg_class c
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -63,7 +65,7 @@ impl Target {
             )?
             .first();
         if rel.is_empty() {
-            return Err(Error::UndefinedTable(table.to_owned()));
+            return Err(Error::UndefinedTable(shown_name(table)));
         }
         let (oid, relation, relkind) = rel.get_three::<pg_sys::Oid, String, String>()?;
         // -1 until the table was first vacuumed or analyzed; only used for progress messages.
@@ -91,11 +93,11 @@ impl Target {
 
         let pk = client
             .select(
-                "SELECT '(' || string_agg(format('%I', a.attname), ', ' ORDER BY k.ord) || ')',
-                        string_agg(format('%I::pg_catalog.text', a.attname), ' || '', '' || '
+                "SELECT '(' || pg_catalog.string_agg(pg_catalog.format('%I', a.attname), ', ' ORDER BY k.ord) || ')',
+                        pg_catalog.string_agg(pg_catalog.format('%I::pg_catalog.text', a.attname), ' || '', '' || '
                                    ORDER BY k.ord)
                    FROM pg_catalog.pg_index i
-                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                   CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
                    JOIN pg_catalog.pg_attribute a
                      ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                   WHERE i.indrelid = $1 AND i.indisprimary",
@@ -110,7 +112,7 @@ impl Target {
 
         let ext_schema = client
             .select(
-                "SELECT format('%I', n.nspname)
+                "SELECT pg_catalog.format('%I', n.nspname)
                    FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                   WHERE e.extname = 'credential_rotate'",
@@ -177,7 +179,7 @@ fn column_type(
 ) -> Result<(String, String), Error> {
     let row = client
         .select(
-            "SELECT pg_catalog.format_type(a.atttypid, NULL), format('%I', a.attname)
+            "SELECT pg_catalog.format_type(a.atttypid, NULL), pg_catalog.format('%I', a.attname)
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             Some(1),
@@ -187,11 +189,21 @@ fn column_type(
     if row.is_empty() {
         return Err(Error::UndefinedColumn {
             table: relation.to_owned(),
-            column: column.to_owned(),
+            column: shown_name(column),
         });
     }
     match row.get_two::<String, String>()? {
         (Some(ty), Some(quoted)) => Ok((ty, quoted)),
         _ => Err(Error::Internal("pg_attribute row with NULL fields".into())),
+    }
+}
+
+/// A name the caller passed, as it may appear in an error message: unless it parses as a key.
+/// A key given in the wrong argument position must not be echoed back (and logged).
+fn shown_name(name: &str) -> String {
+    if crate::key::Key::parse(name).is_ok() {
+        "<a value that looks like a key, not shown>".to_owned()
+    } else {
+        name.to_owned()
     }
 }

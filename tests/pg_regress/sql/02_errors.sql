@@ -38,6 +38,10 @@ ROLLBACK TO s;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'credential_profiles', 'allow_public_use');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO s;
+-- A key passed where the table name goes is not echoed back.
+SELECT * FROM credential_verify(:'old_key', :'new_key');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK TO s;
 -- A row in the middle that opens with neither key: the call names it, nothing changes.
 UPDATE credential_profiles SET secret = credential_encrypt('{"token":"x"}'::text, credential_generate_key())
  WHERE id = 'cp-5';
@@ -73,6 +77,16 @@ END $$;
 SELECT why, pg_temp.try_rotation(envelope) AS error FROM malformed ORDER BY why;
 SELECT pg_temp.unchanged();
 ROLLBACK;
--- Functions are refused outside the calls that drive them.
+-- Under REPEATABLE READ the snapshot would predate the table lock: refused (a dry run is fine).
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT * FROM credential_reencrypt(:'old_key', :'new_key');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT * FROM credential_reencrypt(:'old_key', :'new_key', dry_run => true);
+ROLLBACK;
+-- Functions are refused outside the calls that drive them; the audit trail cannot be forged.
+SELECT _credential_audit_append();
+\echo :LAST_ERROR_SQLSTATE
 SELECT _credential_reencrypt_take('(0,1)');
 \echo :LAST_ERROR_SQLSTATE

@@ -30,7 +30,9 @@ GRANT EXECUTE ON FUNCTION
     _credential_reencrypt_row_jsonb(oid, tid, jsonb),
     _credential_reencrypt_take_jsonb(tid),
     _credential_status(text),
-    _credential_audit_append(name, text, text, bigint, bigint, bigint, bigint, text, text)
+    _credential_status_jsonb(jsonb),
+    _credential_check_keys(text, text),
+    _credential_audit_append()
   TO rotator;
 SET ROLE rotator;
 SAVEPOINT no_table_privilege;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Faults in the middle of a rotation of 200,000 rows: kill -9 of the backend, an immediate
+# shutdown, statement_timeout, pg_cancel_backend. After each, every row's secret is
+# byte-identical to before and opens with the old key.
+# Needs the test cluster of scripts/test.sh (PG* variables, CLUSTER_DIR, PG_BIN, and
+# cluster_start_again from scripts/lib.sh).
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+ROWS=${FAULT_ROWS:-200000}
+DB=credential_rotate_faults
+vectors=$(cd "$(dirname "$0")" && pwd)/vectors/envelopes.json
+OLD=$(node -e "console.log(require('$vectors').key_a)")
+NEW=$(node -e "console.log(require('$vectors').key_b)")
+failures=0
+
+q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
+fingerprint() { q -c "SELECT md5(string_agg(id || '=' || secret::text, ',' ORDER BY id)) FROM credential_profiles"; }
+check() {
+    local name=$1 got
+    got=$(fingerprint)
+    local readable
+    readable=$(q -c "SELECT readable FROM credential_verify('$OLD')")
+    if [ "$got" = "$BEFORE" ] && [ "$readable" = "$SEALED" ]; then
+        echo "ok: $name: every secret byte-identical and opening with the old key"
+    else
+        echo "FAILED: $name: secrets changed ($got vs $BEFORE, $readable of $SEALED open)" >&2
+        failures=$((failures + 1))
+    fi
+}
+
+# Starts a rotation in the background; waits until its backend has been busy for a while
+# (a full rotation of $ROWS rows takes several seconds). Sets ROT_PID (psql) and BACKEND.
+start_rotation() {
+    psql -X -q -d "$DB" -v ON_ERROR_STOP=1 ${1:+-c "$1"} \
+        -c "SELECT * FROM credential_reencrypt('$OLD', '$NEW')" >"$CLUSTER_DIR/rotation.out" 2>&1 &
+    ROT_PID=$!
+    BACKEND=""
+    for _ in $(seq 100); do
+        BACKEND=$(psql -X -At -d "$DB" -c "SELECT pid FROM pg_stat_activity
+            WHERE query LIKE 'SELECT * FROM credential_reencrypt%' AND state = 'active'" || true)
+        [ -n "$BACKEND" ] && break
+        sleep 0.05
+    done
+    [ -n "$BACKEND" ] || { echo "rotation did not start" >&2; exit 1; }
+    sleep "${2:-1}"
+    # Still running: we really are in the middle of it.
+    kill -0 "$ROT_PID" 2>/dev/null || { echo "rotation finished before the fault: use more rows" >&2; cat "$CLUSTER_DIR/rotation.out" >&2; exit 1; }
+}
+
+wait_ready() {
+    for _ in $(seq 120); do
+        "$PG_BIN/pg_isready" -q && psql -X -At -d "$DB" -c "SELECT 1" >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    echo "server did not come back" >&2
+    exit 1
+}
+
+psql -X -q -c "DROP DATABASE IF EXISTS $DB" -d postgres
+psql -X -q -c "CREATE DATABASE $DB" -d postgres
+q <<SQL
+CREATE EXTENSION credential_rotate;
+CREATE TABLE credential_profiles (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
+  type TEXT NOT NULL DEFAULT 'none', allow_public_use BOOLEAN NOT NULL DEFAULT FALSE,
+  metadata JSONB NOT NULL DEFAULT '{}'::jsonb, secret JSONB NOT NULL DEFAULT '{}'::jsonb,
+  created_by TEXT, updated_by TEXT,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
+INSERT INTO credential_profiles (id, name, type, secret)
+  SELECT 'cp-' || lpad(i::text, 7, '0'), 'profile ' || i, 'bearer',
+         CASE WHEN i % 100 = 0 THEN '{}'::jsonb
+              ELSE credential_encrypt(format('{"token":"%s"}', md5(i::text)), '$OLD') END
+    FROM generate_series(1, $ROWS) i;
+CHECKPOINT;
+SQL
+BEFORE=$(fingerprint)
+SEALED=$(q -c "SELECT count(*) FROM credential_profiles WHERE secret <> '{}'")
+echo "seeded $ROWS rows ($SEALED sealed)"
+
+# 1. kill -9 of the backend: the postmaster restarts every backend and replays the WAL.
+start_rotation
+kill -9 "$BACKEND"
+wait "$ROT_PID" 2>/dev/null || true
+grep -q "server closed the connection\|connection to server was lost\|terminated" "$CLUSTER_DIR/rotation.out" ||
+    { echo "FAILED: the killed rotation did not see its connection die" >&2; failures=$((failures + 1)); }
+wait_ready
+check "kill -9 of the rotating backend"
+
+# 2. Immediate shutdown (no checkpoint, crash recovery at start).
+start_rotation
+sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m immediate -w stop >/dev/null
+wait "$ROT_PID" 2>/dev/null || true
+cluster_start_again
+wait_ready
+check "pg_ctl stop -m immediate"
+
+# 3. statement_timeout.
+start_rotation "SET statement_timeout = '1500ms'" 0.2
+wait "$ROT_PID" 2>/dev/null || true
+grep -q "canceling statement due to statement timeout" "$CLUSTER_DIR/rotation.out" ||
+    { echo "FAILED: no statement timeout error: $(cat "$CLUSTER_DIR/rotation.out")" >&2; failures=$((failures + 1)); }
+check "statement_timeout"
+
+# 4. pg_cancel_backend.
+start_rotation
+psql -X -q -At -d "$DB" -c "SELECT pg_cancel_backend($BACKEND)" >/dev/null
+wait "$ROT_PID" 2>/dev/null || true
+grep -q "canceling statement due to user request" "$CLUSTER_DIR/rotation.out" ||
+    { echo "FAILED: no cancel error: $(cat "$CLUSTER_DIR/rotation.out")" >&2; failures=$((failures + 1)); }
+check "pg_cancel_backend"
+
+# And the rotation itself still completes afterwards.
+q -c "SELECT format('after the faults: scanned=%s updated=%s', scanned, updated) FROM credential_reencrypt('$OLD', '$NEW')"
+[ "$(q -c "SELECT readable FROM credential_verify('$NEW')")" = "$SEALED" ] ||
+    { echo "FAILED: the final rotation did not rotate every row" >&2; failures=$((failures + 1)); }
+[ "$failures" -eq 0 ]
