@@ -28,16 +28,8 @@ KEY_1=$(node scripts/freeboard.mjs keygen)
 KEY_2=$(node scripts/freeboard.mjs keygen)
 
 create_table() {
-    psql -X -q -v ON_ERROR_STOP=1 <<SQL
-CREATE EXTENSION IF NOT EXISTS credential_rotate;
-DROP TABLE IF EXISTS credential_profiles;
-CREATE TABLE credential_profiles (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
-  type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
-  allow_public_use BOOLEAN NOT NULL DEFAULT FALSE, metadata JSONB NOT NULL DEFAULT '{}'::jsonb,
-  secret JSONB NOT NULL DEFAULT '{}'::jsonb, created_by TEXT, updated_by TEXT,
-  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
-SQL
+    psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION IF NOT EXISTS credential_rotate" \
+        -c "DROP TABLE IF EXISTS credential_profiles" -f tests/freeboard/credential_profiles.sql
     CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$1" | psql -X -q -v ON_ERROR_STOP=1
     psql -X -q -c "VACUUM (ANALYZE) credential_profiles"
 }

@@ -15,21 +15,7 @@ cluster_start "$PORT"
 createdb freeboard
 export PGDATABASE=freeboard
 
-psql -X -q -v ON_ERROR_STOP=1 <<'SQL'
-CREATE EXTENSION credential_rotate;
-CREATE TABLE credential_profiles (
-  id TEXT PRIMARY KEY,
-  name TEXT NOT NULL UNIQUE,
-  description TEXT NOT NULL DEFAULT '',
-  type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
-  allow_public_use BOOLEAN NOT NULL DEFAULT FALSE,
-  metadata JSONB NOT NULL DEFAULT '{}'::jsonb,
-  secret JSONB NOT NULL DEFAULT '{}'::jsonb,
-  created_by TEXT, updated_by TEXT,
-  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-  updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
-SQL
+psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION credential_rotate" -f tests/freeboard/credential_profiles.sql
 
 # Two fresh keys, as the runbook generates them. They live in this shell only.
 OLD_KEY=$(node scripts/freeboard.mjs keygen)

@@ -21,12 +21,12 @@ use std::time::Instant;
 use pgrx::prelude::*;
 
 use crate::envelope::{
-    Cipher, EncodedParts, EnvelopeError, PartsRotation, Rotation, Rotator, Sealed, Status,
+    Cipher, EncodedParts, EnvelopeError, PartsRotation, Rotation, Rotator, Status,
 };
 use crate::error::{Error, OrReport};
 use crate::functions::parse_key;
 use crate::hygiene;
-use crate::jsonb::{RawJsonb, Shape};
+use crate::jsonb::RawJsonb;
 use crate::target::{ColumnType, Target};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -376,43 +376,45 @@ fn _credential_audit_append() -> bool {
     .or_report()
 }
 
-/// The qual of a rotation: true when the row was opened with the old key and re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_row(
+/// What the qual decided for one row.
+enum RowOutcome {
+    Empty,
+    AlreadyCurrent,
+    /// Opened with the old key; the re-sealed value to write (None in a dry run).
+    Rewrite(Option<Stashed>),
+}
+
+/// The bookkeeping shared by both quals: find the active rotation, count the row, report
+/// progress, stash the re-sealed value, and raise the row's error naming it.
+fn rotation_row(
+    helper: &'static str,
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
-    secret: Option<&str>,
+    decide: impl FnOnce(&Rotator, bool) -> Result<RowOutcome, EnvelopeError>,
 ) -> bool {
     let outcome = ACTIVE.with(|a| -> Result<Result<bool, EnvelopeError>, Error> {
         let mut slot = a.borrow_mut();
-        let call = slot
-            .as_mut()
-            .ok_or(Error::NotInCall("_credential_reencrypt_row"))?;
+        let call = slot.as_mut().ok_or(Error::NotInCall(helper))?;
         let Work::Rotate { rotator, dry_run } = &call.work else {
-            return Err(Error::NotInCall("_credential_reencrypt_row"));
+            return Err(Error::NotInCall(helper));
         };
+        let decided = decide(rotator, !*dry_run);
         call.counts.scanned += 1;
         if call.progress_every > 0 && call.counts.scanned % call.progress_every == 0 {
             report_progress(call);
         }
-        let Some(secret) = secret else {
-            call.counts.empty += 1;
-            return Ok(Ok(false));
-        };
-        Ok(match rotator.rotate(secret, !*dry_run) {
-            Ok(Rotation::Empty) => {
+        Ok(match decided {
+            Ok(RowOutcome::Empty) => {
                 call.counts.empty += 1;
                 Ok(false)
             }
-            Ok(Rotation::AlreadyCurrent) => {
+            Ok(RowOutcome::AlreadyCurrent) => {
                 call.counts.already_current += 1;
                 Ok(false)
             }
-            Ok(Rotation::Resealed(envelope)) => {
+            Ok(RowOutcome::Rewrite(stashed)) => {
                 call.counts.updated += 1;
-                if !*dry_run {
-                    call.stash = Some((ctid, Stashed::Text(envelope.into_json())));
-                }
+                call.stash = stashed.map(|value| (ctid, value));
                 Ok(true)
             }
             Err(reason) => Err(reason),
@@ -424,6 +426,32 @@ fn _credential_reencrypt_row(
     }
 }
 
+/// The qual of a rotation: true when the row was opened with the old key and re-sealed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_row(
+    tableoid: pg_sys::Oid,
+    ctid: pg_sys::ItemPointerData,
+    secret: Option<&str>,
+) -> bool {
+    rotation_row(
+        "_credential_reencrypt_row",
+        tableoid,
+        ctid,
+        |rotator, reseal| {
+            let Some(secret) = secret else {
+                return Ok(RowOutcome::Empty);
+            };
+            Ok(match rotator.rotate(secret, reseal)? {
+                Rotation::Empty => RowOutcome::Empty,
+                Rotation::AlreadyCurrent => RowOutcome::AlreadyCurrent,
+                Rotation::Resealed(envelope) => {
+                    RowOutcome::Rewrite(reseal.then(|| Stashed::Text(envelope.into_json())))
+                }
+            })
+        },
+    )
+}
+
 /// The qual of a rotation of a jsonb column: as `_credential_reencrypt_row`, reading the
 /// envelope's fields straight from the binary jsonb.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
@@ -432,52 +460,24 @@ fn _credential_reencrypt_row_jsonb(
     ctid: pg_sys::ItemPointerData,
     secret: Option<RawJsonb>,
 ) -> bool {
-    let outcome = ACTIVE.with(|a| -> Result<Result<bool, EnvelopeError>, Error> {
-        let mut slot = a.borrow_mut();
-        let call = slot
-            .as_mut()
-            .ok_or(Error::NotInCall("_credential_reencrypt_row_jsonb"))?;
-        let Work::Rotate { rotator, dry_run } = &call.work else {
-            return Err(Error::NotInCall("_credential_reencrypt_row_jsonb"));
-        };
-        let dry_run = *dry_run;
-        call.counts.scanned += 1;
-        if call.progress_every > 0 && call.counts.scanned % call.progress_every == 0 {
-            report_progress(call);
-        }
-        let Some(secret) = secret else {
-            call.counts.empty += 1;
-            return Ok(Ok(false));
-        };
-        // SAFETY: the argument is declared jsonb.
-        let fields = match unsafe { secret.shape() } {
-            Shape::NotAnObject => return Ok(Err(EnvelopeError::NotAnObject)),
-            Shape::EmptyObject => {
-                call.counts.empty += 1;
-                return Ok(Ok(false));
-            }
-            Shape::Object(fields) => fields,
-        };
-        let [algorithm, iv, ciphertext, tag] = fields;
-        let rotated = Sealed::decode(algorithm, iv, ciphertext, tag)
-            .and_then(|sealed| rotator.rotate_sealed(&sealed, !dry_run));
-        Ok(match rotated {
-            Ok(PartsRotation::AlreadyCurrent) => {
-                call.counts.already_current += 1;
-                Ok(false)
-            }
-            Ok(PartsRotation::Resealed(parts)) => {
-                call.counts.updated += 1;
-                call.stash = parts.map(|p| (ctid, Stashed::Parts(p)));
-                Ok(true)
-            }
-            Err(reason) => Err(reason),
-        })
-    });
-    match outcome.or_report() {
-        Ok(update) => update,
-        Err(reason) => report_row_error(tableoid, ctid, reason),
-    }
+    rotation_row(
+        "_credential_reencrypt_row_jsonb",
+        tableoid,
+        ctid,
+        |rotator, reseal| {
+            let Some(secret) = secret else {
+                return Ok(RowOutcome::Empty);
+            };
+            // SAFETY: the argument is declared jsonb.
+            let Some(sealed) = (unsafe { secret.sealed() })? else {
+                return Ok(RowOutcome::Empty);
+            };
+            Ok(match rotator.rotate_sealed(&sealed, reseal)? {
+                PartsRotation::AlreadyCurrent => RowOutcome::AlreadyCurrent,
+                PartsRotation::Resealed(parts) => RowOutcome::Rewrite(parts.map(Stashed::Parts)),
+            })
+        },
+    )
 }
 
 /// The target list of a jsonb rotation: the three re-sealed fields, for `secret || parts`.

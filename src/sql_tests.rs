@@ -41,21 +41,10 @@ mod tests {
         err
     }
 
-    /// Freeboard's table, as its migrations create it.
+    /// Freeboard's table, as its migrations create it, under another name.
     fn create_profiles(table: &str) {
-        run(&format!(
-            "CREATE TABLE {table} (
-               id TEXT PRIMARY KEY,
-               name TEXT NOT NULL UNIQUE,
-               description TEXT NOT NULL DEFAULT '',
-               type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
-               allow_public_use BOOLEAN NOT NULL DEFAULT FALSE,
-               metadata JSONB NOT NULL DEFAULT '{{}}'::jsonb,
-               secret JSONB NOT NULL DEFAULT '{{}}'::jsonb,
-               created_by TEXT, updated_by TEXT,
-               created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-               updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW())"
-        ));
+        run(&include_str!("../tests/freeboard/credential_profiles.sql")
+            .replace("TABLE credential_profiles", &format!("TABLE {table}")));
     }
 
     /// Seeds `n` sealed rows under `key` plus `empty` rows holding the `{}` default.

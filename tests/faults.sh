@@ -60,12 +60,7 @@ psql -X -q -c "DROP DATABASE IF EXISTS $DB" -d postgres
 psql -X -q -c "CREATE DATABASE $DB" -d postgres
 q <<SQL
 CREATE EXTENSION credential_rotate;
-CREATE TABLE credential_profiles (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
-  type TEXT NOT NULL DEFAULT 'none', allow_public_use BOOLEAN NOT NULL DEFAULT FALSE,
-  metadata JSONB NOT NULL DEFAULT '{}'::jsonb, secret JSONB NOT NULL DEFAULT '{}'::jsonb,
-  created_by TEXT, updated_by TEXT,
-  created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());
+\\ir $(cd "$(dirname "$0")" && pwd)/freeboard/credential_profiles.sql
 INSERT INTO credential_profiles (id, name, type, secret)
   SELECT 'cp-' || lpad(i::text, 7, '0'), 'profile ' || i, 'bearer',
          CASE WHEN i % 100 = 0 THEN '{}'::jsonb

@@ -39,13 +39,8 @@ function reencrypt(oldKey, newKey) {
 before(() => {
   psql(`DROP DATABASE IF EXISTS ${DB}`, { db: 'postgres' });
   psql(`CREATE DATABASE ${DB}`, { db: 'postgres' });
-  query(`CREATE EXTENSION credential_rotate;
-    CREATE TABLE credential_profiles (
-      id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL DEFAULT '',
-      type TEXT NOT NULL DEFAULT 'none' CHECK (type IN ('none', 'header', 'bearer', 'basic')),
-      allow_public_use BOOLEAN NOT NULL DEFAULT FALSE, metadata JSONB NOT NULL DEFAULT '{}'::jsonb,
-      secret JSONB NOT NULL DEFAULT '{}'::jsonb, created_by TEXT, updated_by TEXT,
-      created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW())`);
+  query('CREATE EXTENSION credential_rotate');
+  query(readFileSync(new URL('../freeboard/credential_profiles.sql', import.meta.url), 'utf8'));
 });
 
 test('rows sealed by node:crypto rotate in Postgres and open again in node:crypto', () => {
