@@ -45,6 +45,20 @@ SELECT * FROM credential_reencrypt(:'new_key', :'old_key', '"Tenant ""A""".crede
 ROLLBACK TO s;
 SELECT * FROM credential_reencrypt(:'new_key', :'old_key', '"Tenant ""A"""."Credential Profiles"', 'sealed secret');
 ROLLBACK TO s;
+-- A partitioned table: rows are named by primary key whatever partition holds them.
+CREATE TABLE tenant_secrets (tenant int, id text, secret jsonb, PRIMARY KEY (tenant, id))
+  PARTITION BY LIST (tenant);
+CREATE TABLE tenant_secrets_1 PARTITION OF tenant_secrets FOR VALUES IN (1);
+CREATE TABLE tenant_secrets_2 PARTITION OF tenant_secrets FOR VALUES IN (2);
+INSERT INTO tenant_secrets
+  SELECT t, 's' || i, credential_encrypt(format('{"n":%s}', i), :'old_key')
+    FROM generate_series(1, 2) t, generate_series(1, 3) i;
+SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'tenant_secrets');
+SELECT tenant, id, credential_decrypt(secret, :'new_key') FROM tenant_secrets ORDER BY 1, 2;
+UPDATE tenant_secrets SET secret = '{"algorithm":"aes-256-gcm"}' WHERE tenant = 2 AND id = 's2';
+SAVEPOINT p;
+SELECT * FROM credential_reencrypt(:'new_key', :'old_key', 'tenant_secrets');
+ROLLBACK TO p;
 -- Columns of other types.
 CREATE TABLE odd (id int PRIMARY KEY, n integer, b bytea, arr jsonb[]);
 SELECT pg_temp.try(format('SELECT credential_reencrypt(%L, %L, %L, %L)', :'old_key', :'new_key', 'odd', c)) AS outcome
