@@ -75,3 +75,10 @@ cluster_stop() {
         rm -rf "$CLUSTER_DIR"
     fi
 }
+
+# The two keys of the shared Node-sealed test vectors, into OLD and NEW.
+load_test_keys() {
+    local vectors=$REPO_ROOT/tests/vectors/envelopes.json
+    OLD=$(node -e "console.log(require('$vectors').key_a)")
+    NEW=$(node -e "console.log(require('$vectors').key_b)")
+}

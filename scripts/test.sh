@@ -35,24 +35,22 @@ pgrx_tests() {
     cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
 }
 
-regress() {
-    local out
+# pg_regress or pg_isolation_regress ($1) over every test in $2/$3 (sql or specs).
+run_regress() {
+    local runner=$1 dir=$2 kind=$3 ext=$4 out
     out=$(mktemp -d)
-    "$PG_LIBDIR/pgxs/src/test/regress/pg_regress" \
-        --bindir="$PG_BIN" --inputdir=tests/pg_regress --outputdir="$out" \
-        --dbname=credential_rotate_regress \
-        $(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//') ||
+    "$runner" --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$out" \
+        --dbname="credential_rotate_$kind" \
+        $(cd "$dir/$kind" && ls *."$ext" | sed "s/\.$ext\$//") ||
         { cat "$out/regression.diffs" >&2 2>/dev/null; return 1; }
 }
 
+regress() {
+    run_regress "$PG_LIBDIR/pgxs/src/test/regress/pg_regress" tests/pg_regress sql sql
+}
+
 isolation() {
-    local out
-    out=$(mktemp -d)
-    "$PG_LIBDIR/pgxs/src/test/isolation/pg_isolation_regress" \
-        --bindir="$PG_BIN" --inputdir=tests/isolation --outputdir="$out" \
-        --dbname=credential_rotate_isolation \
-        $(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//') ||
-        { cat "$out/regression.diffs" >&2 2>/dev/null; return 1; }
+    run_regress "$PG_LIBDIR/pgxs/src/test/isolation/pg_isolation_regress" tests/isolation specs spec
 }
 
 node_interop() {

@@ -8,9 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${FAULT_ROWS:-200000}
 DB=credential_rotate_faults
-vectors=$(cd "$(dirname "$0")" && pwd)/vectors/envelopes.json
-OLD=$(node -e "console.log(require('$vectors').key_a)")
-NEW=$(node -e "console.log(require('$vectors').key_b)")
+load_test_keys
 failures=0
 
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }

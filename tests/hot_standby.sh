@@ -6,9 +6,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${STANDBY_ROWS:-20000}
 DB=credential_rotate_standby
 STANDBY_PORT=$((PGPORT + 1))
-vectors=$(cd "$(dirname "$0")" && pwd)/vectors/envelopes.json
-OLD=$(node -e "console.log(require('$vectors').key_a)")
-NEW=$(node -e "console.log(require('$vectors').key_b)")
+load_test_keys
 fail() { echo "FAILED: $*" >&2; exit 1; }
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 standby() { psql -X -q -At -v ON_ERROR_STOP=1 -p "$STANDBY_PORT" -d "$DB" "$@"; }

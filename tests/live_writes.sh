@@ -7,9 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${LIVE_ROWS:-50000}
 DB=credential_rotate_live
-vectors=$(cd "$(dirname "$0")" && pwd)/vectors/envelopes.json
-OLD=$(node -e "console.log(require('$vectors').key_a)")
-NEW=$(node -e "console.log(require('$vectors').key_b)")
+load_test_keys
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
