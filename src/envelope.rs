@@ -222,12 +222,14 @@ impl Envelope {
 /// An AES-256-GCM cipher with its key schedule built once, to be reused for every row.
 pub struct Cipher {
     aead: Aes256Gcm,
+    ivs: std::cell::RefCell<IvPool>,
 }
 
 impl Cipher {
     pub fn new(key: &Key) -> Cipher {
         Cipher {
             aead: Aes256Gcm::new(key.as_bytes().into()),
+            ivs: Default::default(),
         }
     }
 
@@ -285,7 +287,7 @@ impl Cipher {
 
     /// Seals plaintext with a fresh random IV; returns the parts and their base64 text.
     pub fn seal_parts(&self, plaintext: &[u8]) -> Result<(Sealed, EncodedParts), EnvelopeError> {
-        let iv = fresh_iv()?;
+        let iv = self.ivs.borrow_mut().take()?;
         let mut ciphertext = plaintext.to_vec();
         let tag = self
             .aead
@@ -309,40 +311,34 @@ impl Cipher {
     }
 }
 
-/// IVs drawn from the OS CSPRNG in blocks: one `getrandom` call per 256 IVs instead of one
-/// per row. IVs are public, so buffering them exposes nothing; the buffer is tied to the
-/// process that filled it, so a forked child can never reuse its parent's IVs.
+/// IVs drawn from the OS CSPRNG in blocks rather than one `getrandom` call per row: the
+/// block doubles from 1 up to 256 IVs, so a single seal draws 12 bytes and a rotation one call
+/// per 256 rows. IVs are public, so buffering them exposes nothing; each IV is handed out once.
+/// The pool belongs to one `Cipher`, which lives within one call of one process: no IV can be
+/// shared with a forked child.
+#[derive(Default)]
 struct IvPool {
-    pid: u32,
-    buffer: [u8; IV_LEN * IV_POOL_SIZE],
+    buffer: Vec<u8>,
     next: usize,
 }
 
-const IV_POOL_SIZE: usize = 256;
+const IV_POOL_MAX: usize = 256;
 
-thread_local! {
-    static IV_POOL: std::cell::RefCell<IvPool> = const {
-        std::cell::RefCell::new(IvPool { pid: 0, buffer: [0; IV_LEN * IV_POOL_SIZE], next: IV_POOL_SIZE })
-    };
-}
-
-fn fresh_iv() -> Result<[u8; IV_LEN], EnvelopeError> {
-    IV_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let pid = std::process::id();
-        if pool.next == IV_POOL_SIZE || pool.pid != pid {
-            getrandom::getrandom(&mut pool.buffer).map_err(|_| EnvelopeError::Random)?;
-            pool.pid = pid;
-            pool.next = 0;
+impl IvPool {
+    fn take(&mut self) -> Result<[u8; IV_LEN], EnvelopeError> {
+        if self.next * IV_LEN >= self.buffer.len() {
+            let ivs = (self.buffer.len() / IV_LEN * 2).clamp(1, IV_POOL_MAX);
+            self.buffer.resize(ivs * IV_LEN, 0);
+            getrandom::getrandom(&mut self.buffer).map_err(|_| EnvelopeError::Random)?;
+            self.next = 0;
         }
-        let start = pool.next * IV_LEN;
+        let range = self.next * IV_LEN..(self.next + 1) * IV_LEN;
         let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&pool.buffer[start..start + IV_LEN]);
-        // Never hand out the same bytes twice.
-        pool.buffer[start..start + IV_LEN].fill(0);
-        pool.next += 1;
+        iv.copy_from_slice(&self.buffer[range.clone()]);
+        self.buffer[range].fill(0);
+        self.next += 1;
         Ok(iv)
-    })
+    }
 }
 
 /// What rotating one stored secret amounts to.
@@ -645,13 +641,26 @@ mod tests {
 
     #[test]
     fn ivs_never_repeat_across_pool_refills() {
+        let mut pool = IvPool::default();
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..(IV_POOL_SIZE * 3 + 7) {
+        for _ in 0..(IV_POOL_MAX * 3 + 7) {
             assert!(
-                seen.insert(fresh_iv().unwrap()),
+                seen.insert(pool.take().unwrap()),
                 "an IV was handed out twice"
             );
         }
+        assert_eq!(
+            pool.buffer.len(),
+            IV_POOL_MAX * IV_LEN,
+            "the block grows to its cap"
+        );
+        let mut fresh = IvPool::default();
+        fresh.take().unwrap();
+        assert_eq!(
+            fresh.buffer.len(),
+            IV_LEN,
+            "a single seal draws a single IV"
+        );
     }
 
     #[test]

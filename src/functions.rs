@@ -182,9 +182,8 @@ fn credential_reencrypt_value_jsonb(
         return Some(envelope);
     };
     match rotator.rotate_sealed(&sealed, true).or_report() {
-        PartsRotation::Resealed(Some(parts)) => {
-            Some(envelope.concat(&RawJsonb::from_parts(&parts)))
-        }
+        // SAFETY: the three fields were just decoded from this value.
+        PartsRotation::Resealed(Some(parts)) => Some(unsafe { envelope.with_parts(&parts) }),
         PartsRotation::Resealed(None) | PartsRotation::AlreadyCurrent => Some(envelope),
     }
 }

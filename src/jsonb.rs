@@ -3,8 +3,8 @@
 //! The generic path reads a secret as text (`jsonb_out`), parses it with serde, and writes
 //! text back that Postgres parses again (`jsonb_in`): three conversions of the whole envelope
 //! per row, most of the cost of a rotation. For `jsonb` columns the rotation instead looks up
-//! the four fields it needs in the binary container and hands back a three-field jsonb that the
-//! UPDATE merges with `||`, so every other field stays exactly as stored.
+//! the four fields it needs in the binary container, and writes back a copy of the container
+//! in which only the three re-sealed fields differ: every other field stays exactly as stored.
 
 use std::ffi::CStr;
 
@@ -138,50 +138,56 @@ impl RawJsonb {
             .unwrap_or_default()
     }
 
-    /// `self || other`, with Postgres' own jsonb_concat.
-    pub fn concat(&self, other: &RawJsonb) -> RawJsonb {
-        // SAFETY: jsonb_concat takes two jsonb datums and returns a new jsonb.
-        let datum = unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::jsonb_concat,
-                &[Some(self.0), Some(other.0)],
-            )
-        };
-        RawJsonb(datum.unwrap_or(self.0))
-    }
-
-    /// `{"iv": …, "authTag": …, "ciphertext": …}` as a jsonb, for `secret || parts`.
-    pub fn from_parts(parts: &EncodedParts) -> RawJsonb {
-        let pairs: [(&str, &str); 3] = [
-            ("iv", &parts.iv),
-            ("ciphertext", &parts.ciphertext),
-            ("authTag", &parts.auth_tag),
+    /// A copy of this envelope with its `iv`, `ciphertext` and `authTag` replaced and every
+    /// other field kept as stored: one pass over the binary container, as Postgres' own jsonb
+    /// functions rebuild a value.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb object holding all three fields (the caller has
+    /// decoded them from this very value).
+    pub unsafe fn with_parts(&self, parts: &EncodedParts) -> RawJsonb {
+        use pg_sys::JsonbIteratorToken::{WJB_BEGIN_ARRAY, WJB_DONE, WJB_KEY, WJB_VALUE};
+        let replacements: [(&[u8], &str); 3] = [
+            (b"iv", &parts.iv),
+            (b"ciphertext", &parts.ciphertext),
+            (b"authTag", &parts.auth_tag),
         ];
-        // SAFETY: pushJsonbValue copies nothing until JsonbValueToJsonb serialises the tree,
-        // and the strings it points to outlive this function.
+        // SAFETY: a valid jsonb (caller); the iterator and the parse state live in the current
+        // memory context; the replacement strings outlive JsonbValueToJsonb, which copies them.
         unsafe {
+            let jsonb = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let mut it = pg_sys::JsonbIteratorInit(std::ptr::addr_of_mut!((*jsonb).root));
             let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-            pg_sys::pushJsonbValue(
-                &mut state,
-                pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
-                std::ptr::null_mut(),
-            );
-            for (key, value) in pairs {
-                let mut key = string_value(key);
-                let mut value = string_value(value);
-                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
-                pg_sys::pushJsonbValue(
-                    &mut state,
-                    pg_sys::JsonbIteratorToken::WJB_VALUE,
-                    &mut value,
-                );
+            let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+            let mut result: *mut pg_sys::JsonbValue = std::ptr::null_mut();
+            let mut replacement: Option<&str> = None;
+            loop {
+                let token = pg_sys::JsonbIteratorNext(&mut it, &mut value, true);
+                if token == WJB_DONE {
+                    break;
+                }
+                if token == WJB_KEY {
+                    let key = value.val.string;
+                    let key = std::slice::from_raw_parts(key.val as *const u8, key.len as usize);
+                    replacement = replacements
+                        .iter()
+                        .find(|(name, _)| *name == key)
+                        .map(|(_, new)| *new);
+                }
+                result = match (token, replacement) {
+                    (WJB_VALUE, Some(new)) => {
+                        let mut new = string_value(new);
+                        pg_sys::pushJsonbValue(&mut state, token, &mut new)
+                    }
+                    // Scalars, keys and (skipped) nested values carry a value; the container
+                    // begin/end tokens do not.
+                    (t, _) if t < WJB_BEGIN_ARRAY => {
+                        pg_sys::pushJsonbValue(&mut state, t, &mut value)
+                    }
+                    (t, _) => pg_sys::pushJsonbValue(&mut state, t, std::ptr::null_mut()),
+                };
             }
-            let object = pg_sys::pushJsonbValue(
-                &mut state,
-                pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
-                std::ptr::null_mut(),
-            );
-            RawJsonb(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(object)))
+            RawJsonb(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result)))
         }
     }
 }

@@ -252,7 +252,7 @@ fn rotate(
                 .unwrap_or_default();
             if target.column_type == ColumnType::Jsonb {
                 format!(
-                    "UPDATE {rel} SET {col} = {col} OPERATOR(pg_catalog.||) {ext}._credential_reencrypt_take_jsonb(ctid){touch}
+                    "UPDATE {rel} SET {col} = {ext}._credential_reencrypt_take_jsonb(ctid, {col}){touch}
                       WHERE {range}{qual}",
                     rel = target.relation,
                     ext = target.ext_schema,
@@ -480,9 +480,10 @@ fn _credential_reencrypt_row_jsonb(
     )
 }
 
-/// The target list of a jsonb rotation: the three re-sealed fields, for `secret || parts`.
+/// The target list of a jsonb rotation: the stored envelope with the three fields
+/// `_credential_reencrypt_row_jsonb` just re-sealed for this row, every other field kept.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData) -> RawJsonb {
+fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJsonb) -> RawJsonb {
     let parts = ACTIVE
         .with(|a| -> Result<EncodedParts, Error> {
             let mut slot = a.borrow_mut();
@@ -497,7 +498,8 @@ fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData) -> RawJsonb {
             }
         })
         .or_report();
-    RawJsonb::from_parts(&parts)
+    // SAFETY: the qual decoded all three fields from this same value of this same row.
+    unsafe { secret.with_parts(&parts) }
 }
 
 /// Raises the ERROR for a row that cannot be rotated, naming it by primary key.

@@ -28,7 +28,7 @@ GRANT EXECUTE ON FUNCTION
     _credential_reencrypt_row(oid, tid, text),
     _credential_reencrypt_take(tid),
     _credential_reencrypt_row_jsonb(oid, tid, jsonb),
-    _credential_reencrypt_take_jsonb(tid),
+    _credential_reencrypt_take_jsonb(tid, jsonb),
     _credential_reencrypt_blocks(text, text, text, text, bigint, bigint),
     _credential_status(text),
     _credential_status_jsonb(jsonb),
