@@ -69,6 +69,23 @@ pub enum Shape<'a> {
 const FIELD_NAMES: [&CStr; 4] = [c"algorithm", c"iv", c"ciphertext", c"authTag"];
 
 impl RawJsonb {
+    /// The value as a `Jsonb` with a 4-byte header, as DatumGetJsonbP gives it. An envelope
+    /// stored inline and uncompressed already is one; only other values pay for a detoast.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb.
+    unsafe fn detoasted(&self) -> *mut pg_sys::Jsonb {
+        let ptr = self.0.cast_mut_ptr::<pg_sys::varlena>();
+        // SAFETY: a valid varlena (caller).
+        unsafe {
+            if pgrx::varlena::varatt_is_4b_u(ptr) {
+                ptr.cast()
+            } else {
+                pg_sys::pg_detoast_datum(ptr).cast()
+            }
+        }
+    }
+
     /// Looks up the envelope fields. Borrowed strings point into the detoasted value, which
     /// lives in the current memory context for the rest of the function call.
     ///
@@ -78,7 +95,7 @@ impl RawJsonb {
         // SAFETY: a jsonb datum; pg_detoast_datum gives a 4-byte-header copy when needed, as
         // DatumGetJsonbP does.
         unsafe {
-            let jsonb = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let jsonb = self.detoasted();
             let root = std::ptr::addr_of_mut!((*jsonb).root);
             let header = (*root).header;
             if header & pg_sys::JB_FOBJECT == 0 {
@@ -155,7 +172,7 @@ impl RawJsonb {
         // SAFETY: a valid jsonb (caller); the iterator and the parse state live in the current
         // memory context; the replacement strings outlive JsonbValueToJsonb, which copies them.
         unsafe {
-            let jsonb = pg_sys::pg_detoast_datum(self.0.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+            let jsonb = self.detoasted();
             let mut it = pg_sys::JsonbIteratorInit(std::ptr::addr_of_mut!((*jsonb).root));
             let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
             let mut value: pg_sys::JsonbValue = std::mem::zeroed();
