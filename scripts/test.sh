@@ -68,7 +68,10 @@ log_hygiene() {
 # The pure envelope/key core under libFuzzer for FUZZ_SECONDS (default 30; longer on demand:
 # FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run envelope -s none directly).
 fuzz() {
-    cargo fuzz run envelope --sanitizer none fuzz/corpus/envelope -- \
+    # New inputs go to a scratch corpus (the first directory); the committed seeds stay as-is.
+    local scratch
+    scratch=$(mktemp -d)
+    cargo fuzz run envelope --sanitizer none "$scratch" fuzz/corpus/envelope -- \
         -max_total_time="${FUZZ_SECONDS:-30}" -timeout=5 -print_final_stats=1 2>&1 |
         grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|Done|SUMMARY|panicked|ERROR" ;
     return "${PIPESTATUS[0]}"
