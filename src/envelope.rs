@@ -65,16 +65,6 @@ pub enum EnvelopeError {
     Random,
 }
 
-impl EnvelopeError {
-    /// Structural problems, as opposed to an envelope that is well formed but does not open.
-    pub fn is_malformed(self) -> bool {
-        !matches!(
-            self,
-            EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey | EnvelopeError::Random
-        )
-    }
-}
-
 /// What a stored secret value holds.
 #[derive(Debug)]
 pub enum Secret {
@@ -199,7 +189,9 @@ impl Envelope {
         Ok(Envelope { fields, sealed })
     }
 
-    /// The envelope as JSON text, fields in their original order.
+    /// The envelope as JSON text, fields in their original order (tests; the SQL layer uses
+    /// the consuming `into_json`).
+    #[cfg(test)]
     pub fn to_json(&self) -> String {
         // Serialising a map of strings and JSON values cannot fail.
         Value::Object(self.fields.clone()).to_string()
@@ -378,12 +370,7 @@ impl Rotator {
     /// Decides the fate of one stored secret. `reseal = false` classifies without encrypting
     /// (a dry run): `Resealed` then carries the envelope unchanged.
     pub fn rotate(&self, text: &str, reseal: bool) -> Result<Rotation, EnvelopeError> {
-        self.rotate_secret(Secret::parse(text)?, reseal)
-    }
-
-    /// As [`Rotator::rotate`], for a secret already parsed (e.g. from a jsonb value).
-    pub fn rotate_secret(&self, secret: Secret, reseal: bool) -> Result<Rotation, EnvelopeError> {
-        let envelope = match secret {
+        let envelope = match Secret::parse(text)? {
             Secret::Empty => return Ok(Rotation::Empty),
             Secret::Sealed(envelope) => envelope,
         };
@@ -713,8 +700,6 @@ mod tests {
             cipher.status("[1]"),
             Status::Malformed(EnvelopeError::NotAnObject)
         );
-        assert!(EnvelopeError::NotAnObject.is_malformed());
-        assert!(!EnvelopeError::DoesNotOpen.is_malformed());
     }
 
     #[test]

@@ -75,8 +75,8 @@ impl Key {
         Ok(Key(bytes))
     }
 
-    /// Builds a key from raw bytes, e.g. a fresh one from the OS CSPRNG.
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
+    #[cfg(test)]
+    fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
         Key(bytes)
     }
 
