@@ -65,16 +65,22 @@ log_hygiene() {
     bash tests/log_hygiene.sh "$CLUSTER_LOG"
 }
 
-# The pure envelope/key core under libFuzzer for FUZZ_SECONDS (default 30; longer on demand:
-# FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run envelope -s none directly).
+# The pure core under libFuzzer, FUZZ_SECONDS (default 30) per target: the envelope parser,
+# opener and key parser (envelope) and the jsonb layout reader and splice (container). Longer
+# on demand: FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run <target> -s none directly.
 fuzz() {
-    # New inputs go to a scratch corpus (the first directory); the committed seeds stay as-is.
-    local scratch
-    scratch=$(mktemp -d)
-    cargo fuzz run envelope --sanitizer none "$scratch" fuzz/corpus/envelope -- \
-        -max_total_time="${FUZZ_SECONDS:-30}" -timeout=5 -print_final_stats=1 2>&1 |
-        grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|Done|SUMMARY|panicked|ERROR" ;
-    return "${PIPESTATUS[0]}"
+    local target scratch status=0
+    for target in envelope container; do
+        # New inputs go to a scratch corpus (the first directory); the committed seeds stay.
+        scratch=$(mktemp -d)
+        echo "fuzz target $target:"
+        cargo fuzz run "$target" --sanitizer none "$scratch" "fuzz/corpus/$target" -- \
+            -max_total_time="${FUZZ_SECONDS:-30}" -timeout=5 -print_final_stats=1 2>&1 |
+            grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb)|Done|SUMMARY|panicked|ERROR"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        rm -rf "$scratch"
+    done
+    return "$status"
 }
 
 ensure_deps
@@ -91,7 +97,7 @@ stage "server log hygiene" log_hygiene
 stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
 stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
 stage "hot standby reader during a rotation" bash tests/hot_standby.sh
-stage "fuzzing the envelope parser, opener and key parser" fuzz
+stage "fuzzing the envelope parser, opener, key parser and jsonb layout reader" fuzz
 
 if [ "$failed" -gt 0 ]; then
     printf '\nfailed stages: %s\n' "${failures[*]}"

@@ -10,7 +10,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
-use base64::Engine;
+use base64::{DecodeSliceError, Engine};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
@@ -63,6 +63,8 @@ pub enum EnvelopeError {
     PlaintextNotUtf8,
     #[error("the operating system's random number generator failed")]
     Random,
+    #[error("the stored jsonb value is damaged: its binary layout does not check out")]
+    DamagedJsonb,
 }
 
 /// What a stored secret value holds.
@@ -85,7 +87,8 @@ pub struct Envelope {
 #[derive(Debug, Clone)]
 pub struct Sealed {
     iv: [u8; IV_LEN],
-    ciphertext: Vec<u8>,
+    /// Zeroized on drop: a rotation decrypts it in place, so for a moment it is plaintext.
+    ciphertext: Zeroizing<Vec<u8>>,
     tag: [u8; TAG_LEN],
 }
 
@@ -94,7 +97,8 @@ pub struct Sealed {
 pub enum Field<'a> {
     Missing,
     NotAString,
-    Str(&'a str),
+    /// The string's bytes: base64 is ASCII, so no UTF-8 check is needed to decode it.
+    Str(&'a [u8]),
 }
 
 /// The three fields a re-seal replaces, base64-encoded as Node writes them.
@@ -127,12 +131,12 @@ impl Secret {
 fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Field<'a> {
     match fields.get(name) {
         None => Field::Missing,
-        Some(Value::String(s)) => Field::Str(s),
+        Some(Value::String(s)) => Field::Str(s.as_bytes()),
         Some(_) => Field::NotAString,
     }
 }
 
-fn require<'a>(field: Field<'a>, name: &'static str) -> Result<&'a str, EnvelopeError> {
+fn require<'a>(field: Field<'a>, name: &'static str) -> Result<&'a [u8], EnvelopeError> {
     match field {
         Field::Missing => Err(EnvelopeError::MissingField(name)),
         Field::NotAString => Err(EnvelopeError::NotAString(name)),
@@ -146,6 +150,31 @@ fn decode_base64(field: Field<'_>, name: &'static str) -> Result<Vec<u8>, Envelo
         .map_err(|_| EnvelopeError::InvalidBase64(name))
 }
 
+/// Decodes a field that must hold exactly `N` bytes, on the stack: the IV and the tag are
+/// decoded for every row of a rotation.
+fn decode_fixed<const N: usize>(
+    field: Field<'_>,
+    name: &'static str,
+    wrong_length: fn(usize) -> EnvelopeError,
+) -> Result<[u8; N], EnvelopeError> {
+    let text = require(field, name)?;
+    let mut buffer = [0u8; 32];
+    match READ_BASE64.decode_slice(text, &mut buffer) {
+        Ok(len) => buffer
+            .get(..len)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(wrong_length(len)),
+        // Longer than any IV or tag: decoded again only to say how long it is.
+        Err(DecodeSliceError::OutputSliceTooSmall) => Err(wrong_length(
+            READ_BASE64
+                .decode(text)
+                .map_err(|_| EnvelopeError::InvalidBase64(name))?
+                .len(),
+        )),
+        Err(DecodeSliceError::DecodeError(_)) => Err(EnvelopeError::InvalidBase64(name)),
+    }
+}
+
 impl Sealed {
     /// Checks and decodes an envelope's fields, in the order the application's reader would
     /// trip over them. Shared by the JSON-text path and the jsonb fast path, so both give the
@@ -156,20 +185,12 @@ impl Sealed {
         ciphertext: Field<'_>,
         tag: Field<'_>,
     ) -> Result<Sealed, EnvelopeError> {
-        if require(algorithm, FIELD_ALGORITHM)? != ALGORITHM {
+        if require(algorithm, FIELD_ALGORITHM)? != ALGORITHM.as_bytes() {
             return Err(EnvelopeError::UnknownAlgorithm);
         }
-        let iv = decode_base64(iv, FIELD_IV)?;
-        let iv: [u8; IV_LEN] = iv
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnvelopeError::WrongIvLength(iv.len()))?;
-        let ciphertext = decode_base64(ciphertext, FIELD_CIPHERTEXT)?;
-        let tag = decode_base64(tag, FIELD_TAG)?;
-        let tag: [u8; TAG_LEN] = tag
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnvelopeError::WrongTagLength(tag.len()))?;
+        let iv = decode_fixed(iv, FIELD_IV, EnvelopeError::WrongIvLength)?;
+        let ciphertext = Zeroizing::new(decode_base64(ciphertext, FIELD_CIPHERTEXT)?);
+        let tag = decode_fixed(tag, FIELD_TAG, EnvelopeError::WrongTagLength)?;
         Ok(Sealed {
             iv,
             ciphertext,
@@ -232,19 +253,26 @@ impl Cipher {
     }
 
     pub fn open_sealed(&self, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-        let mut buffer = Zeroizing::new(sealed.ciphertext.clone());
+        let mut buffer = sealed.ciphertext.clone();
+        self.open_in_place(&sealed.iv, &sealed.tag, &mut buffer)?;
+        Ok(buffer)
+    }
+
+    /// Decrypts `buffer` in place. On `DoesNotOpen` the buffer is left as it was (the tag is
+    /// checked before anything is decrypted), so another key can be tried on it.
+    fn open_in_place(
+        &self,
+        iv: &[u8; IV_LEN],
+        tag: &[u8; TAG_LEN],
+        buffer: &mut [u8],
+    ) -> Result<(), EnvelopeError> {
         self.aead
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&sealed.iv),
-                b"",
-                &mut buffer,
-                Tag::from_slice(&sealed.tag),
-            )
+            .decrypt_in_place_detached(Nonce::from_slice(iv), b"", buffer, Tag::from_slice(tag))
             .map_err(|_| EnvelopeError::DoesNotOpen)?;
-        if std::str::from_utf8(&buffer).is_err() {
+        if std::str::from_utf8(buffer).is_err() {
             return Err(EnvelopeError::PlaintextNotUtf8);
         }
-        Ok(buffer)
+        Ok(())
     }
 
     /// Seals plaintext into a new envelope exactly as the application writes one.
@@ -279,27 +307,30 @@ impl Cipher {
 
     /// Seals plaintext with a fresh random IV; returns the parts and their base64 text.
     pub fn seal_parts(&self, plaintext: &[u8]) -> Result<(Sealed, EncodedParts), EnvelopeError> {
-        let iv = self.ivs.borrow_mut().take()?;
-        let mut ciphertext = plaintext.to_vec();
+        let mut sealed = Sealed {
+            iv: [0; IV_LEN],
+            ciphertext: Zeroizing::new(plaintext.to_vec()),
+            tag: [0; TAG_LEN],
+        };
+        let encoded = self.seal_in_place(&mut sealed)?;
+        Ok((sealed, encoded))
+    }
+
+    /// Encrypts the plaintext held in `sealed.ciphertext` in place under a fresh IV, filling
+    /// in the IV and tag; returns the three parts in base64.
+    fn seal_in_place(&self, sealed: &mut Sealed) -> Result<EncodedParts, EnvelopeError> {
+        sealed.iv = self.ivs.borrow_mut().take()?;
         let tag = self
             .aead
-            .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut ciphertext)
+            .encrypt_in_place_detached(Nonce::from_slice(&sealed.iv), b"", &mut sealed.ciphertext)
             // Only fails for plaintexts beyond GCM's 64 GiB limit, far past any Postgres value.
             .map_err(|_| EnvelopeError::Random)?;
-        let tag: [u8; TAG_LEN] = tag.into();
-        let encoded = EncodedParts {
-            iv: STANDARD.encode(iv),
-            ciphertext: STANDARD.encode(&ciphertext),
-            auth_tag: STANDARD.encode(tag),
-        };
-        Ok((
-            Sealed {
-                iv,
-                ciphertext,
-                tag,
-            },
-            encoded,
-        ))
+        sealed.tag = tag.into();
+        Ok(EncodedParts {
+            iv: STANDARD.encode(sealed.iv),
+            ciphertext: STANDARD.encode(&*sealed.ciphertext),
+            auth_tag: STANDARD.encode(sealed.tag),
+        })
     }
 }
 
@@ -401,21 +432,25 @@ impl Rotator {
     /// As [`Rotator::rotate`] for an envelope given as its decoded parts (the caller has
     /// checked that the value is a non-empty object): only the parts change, the caller keeps
     /// every other field.
+    /// Consumes the envelope: its buffer is decrypted and re-encrypted in place.
     pub fn rotate_sealed(
         &self,
-        sealed: &Sealed,
+        mut sealed: Sealed,
         reseal: bool,
     ) -> Result<PartsRotation, EnvelopeError> {
-        match self.old.open_sealed(sealed) {
-            Ok(plaintext) if reseal => Ok(PartsRotation::Resealed(Some(
-                self.new.seal_parts(&plaintext)?.1,
+        let (iv, tag) = (sealed.iv, sealed.tag);
+        match self.old.open_in_place(&iv, &tag, &mut sealed.ciphertext) {
+            Ok(()) if reseal => Ok(PartsRotation::Resealed(Some(
+                self.new.seal_in_place(&mut sealed)?,
             ))),
-            Ok(_) => Ok(PartsRotation::Resealed(None)),
-            Err(EnvelopeError::DoesNotOpen) => match self.new.open_sealed(sealed) {
-                Ok(_) => Ok(PartsRotation::AlreadyCurrent),
-                Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
-                Err(other) => Err(other),
-            },
+            Ok(()) => Ok(PartsRotation::Resealed(None)),
+            Err(EnvelopeError::DoesNotOpen) => {
+                match self.new.open_in_place(&iv, &tag, &mut sealed.ciphertext) {
+                    Ok(_) => Ok(PartsRotation::AlreadyCurrent),
+                    Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
+                    Err(other) => Err(other),
+                }
+            }
             Err(other) => Err(other),
         }
     }

@@ -123,6 +123,7 @@ fn envelope_sqlstate(reason: EnvelopeError) -> PgSqlErrorCode {
         // Well formed, but the key does not open it: the data and the key do not belong together.
         EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey => ERRCODE_DATA_EXCEPTION,
         EnvelopeError::Random => ERRCODE_INTERNAL_ERROR,
+        EnvelopeError::DamagedJsonb => ERRCODE_DATA_CORRUPTED,
         // The value is not an envelope the extension can read.
         _ => ERRCODE_INVALID_TEXT_REPRESENTATION,
     }

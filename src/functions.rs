@@ -181,7 +181,7 @@ fn credential_reencrypt_value_jsonb(
     let Some(sealed) = (unsafe { envelope.sealed() }).or_report() else {
         return Some(envelope);
     };
-    match rotator.rotate_sealed(&sealed, true).or_report() {
+    match rotator.rotate_sealed(sealed, true).or_report() {
         // SAFETY: the three fields were just decoded from this value.
         PartsRotation::Resealed(Some(parts)) => Some(unsafe { envelope.with_parts(&parts) }),
         PartsRotation::Resealed(None) | PartsRotation::AlreadyCurrent => Some(envelope),

@@ -16,7 +16,27 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::FromDatum;
 
+use crate::container::{Root, Value};
 use crate::envelope::{EncodedParts, EnvelopeError, Field, Sealed};
+
+// The pure layout reader's constants are Postgres' own, checked at compile time.
+const _: () = {
+    use crate::container as c;
+    assert!(c::JB_CMASK == pg_sys::JB_CMASK);
+    assert!(c::JB_FSCALAR == pg_sys::JB_FSCALAR);
+    assert!(c::JB_FOBJECT == pg_sys::JB_FOBJECT);
+    assert!(c::JB_FARRAY == pg_sys::JB_FARRAY);
+    assert!(c::JENTRY_OFFLENMASK == pg_sys::JENTRY_OFFLENMASK);
+    assert!(c::JENTRY_TYPEMASK == pg_sys::JENTRY_TYPEMASK);
+    assert!(c::JENTRY_HAS_OFF == pg_sys::JENTRY_HAS_OFF);
+    assert!(c::JENTRY_ISSTRING == pg_sys::JENTRY_ISSTRING);
+    assert!(c::JENTRY_ISNUMERIC == pg_sys::JENTRY_ISNUMERIC);
+    assert!(c::JENTRY_ISBOOL_FALSE == pg_sys::JENTRY_ISBOOL_FALSE);
+    assert!(c::JENTRY_ISBOOL_TRUE == pg_sys::JENTRY_ISBOOL_TRUE);
+    assert!(c::JENTRY_ISNULL == pg_sys::JENTRY_ISNULL);
+    assert!(c::JENTRY_ISCONTAINER == pg_sys::JENTRY_ISCONTAINER);
+    assert!(c::JB_OFFSET_STRIDE == pg_sys::JB_OFFSET_STRIDE as usize);
+};
 
 /// A `jsonb` argument or result, passed as the raw datum without any conversion.
 pub struct RawJsonb(pg_sys::Datum);
@@ -66,7 +86,7 @@ pub enum Shape<'a> {
     Object([Field<'a>; 4]),
 }
 
-const FIELD_NAMES: [&CStr; 4] = [c"algorithm", c"iv", c"ciphertext", c"authTag"];
+const FIELD_NAMES: [&[u8]; 4] = [b"algorithm", b"iv", b"ciphertext", b"authTag"];
 
 impl RawJsonb {
     /// The value as a `Jsonb` with a 4-byte header, as DatumGetJsonbP gives it. An envelope
@@ -86,48 +106,37 @@ impl RawJsonb {
         }
     }
 
-    /// Looks up the envelope fields. Borrowed strings point into the detoasted value, which
-    /// lives in the current memory context for the rest of the function call.
+    /// The root container's bytes: everything after the varlena header. They live in the
+    /// current memory context for the rest of the function call.
     ///
     /// # Safety
     /// The datum must be a valid jsonb.
-    pub unsafe fn shape<'a>(&'a self) -> Shape<'a> {
-        // SAFETY: a jsonb datum; pg_detoast_datum gives a 4-byte-header copy when needed, as
-        // DatumGetJsonbP does.
+    unsafe fn container(&self) -> &[u8] {
+        // SAFETY: a detoasted value has a 4-byte header and VARSIZE bytes in all.
         unsafe {
-            let jsonb = self.detoasted();
-            let root = std::ptr::addr_of_mut!((*jsonb).root);
-            let header = (*root).header;
-            if header & pg_sys::JB_FOBJECT == 0 {
-                return Shape::NotAnObject;
-            }
-            if header & pg_sys::JB_CMASK == 0 {
-                return Shape::EmptyObject;
-            }
-            let mut fields = [Field::Missing; 4];
-            for (slot, name) in fields.iter_mut().zip(FIELD_NAMES) {
-                let value = pg_sys::getKeyJsonValueFromContainer(
-                    root,
-                    name.as_ptr(),
-                    name.to_bytes().len() as i32,
-                    std::ptr::null_mut(),
-                );
-                *slot = if value.is_null() {
-                    Field::Missing
-                } else if (*value).type_ != pg_sys::jbvType::jbvString {
-                    Field::NotAString
-                } else {
-                    let s = (*value).val.string;
-                    let bytes = std::slice::from_raw_parts(s.val as *const u8, s.len as usize);
-                    // jsonb strings are valid UTF-8 in a UTF-8 database; anything else cannot
-                    // be base64 and is reported like a non-string.
-                    match std::str::from_utf8(bytes) {
-                        Ok(text) => Field::Str(text),
-                        Err(_) => Field::NotAString,
-                    }
-                };
-            }
-            Shape::Object(fields)
+            let jsonb = self.detoasted().cast::<pg_sys::varlena>();
+            let len = pgrx::varlena::varsize_4b(jsonb).saturating_sub(pg_sys::VARHDRSZ);
+            std::slice::from_raw_parts(pgrx::varlena::vardata_4b(jsonb).cast::<u8>(), len)
+        }
+    }
+
+    /// Looks up the envelope fields in the stored bytes, without copying them.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb.
+    pub unsafe fn shape<'a>(&'a self) -> Result<Shape<'a>, EnvelopeError> {
+        // SAFETY: forwarded to the caller.
+        let bytes = unsafe { self.container() };
+        match Root::parse(bytes).ok_or(EnvelopeError::DamagedJsonb)? {
+            Root::NotAnObject => Ok(Shape::NotAnObject),
+            Root::Object(object) if object.is_empty() => Ok(Shape::EmptyObject),
+            Root::Object(object) => Ok(Shape::Object(object.get(FIELD_NAMES).map(
+                |value| match value {
+                    None => Field::Missing,
+                    Some(Value::Other) => Field::NotAString,
+                    Some(Value::String(bytes)) => Field::Str(bytes),
+                },
+            ))),
         }
     }
 
@@ -137,7 +146,7 @@ impl RawJsonb {
     /// The datum must be a valid jsonb.
     pub unsafe fn sealed(&self) -> Result<Option<Sealed>, EnvelopeError> {
         // SAFETY: forwarded to the caller.
-        match unsafe { self.shape() } {
+        match unsafe { self.shape() }? {
             Shape::NotAnObject => Err(EnvelopeError::NotAnObject),
             Shape::EmptyObject => Ok(None),
             Shape::Object([algorithm, iv, ciphertext, tag]) => {
@@ -156,13 +165,57 @@ impl RawJsonb {
     }
 
     /// A copy of this envelope with its `iv`, `ciphertext` and `authTag` replaced and every
-    /// other field kept as stored: one pass over the binary container, as Postgres' own jsonb
-    /// functions rebuild a value.
+    /// other field kept as stored. The stored bytes are spliced directly when the object holds
+    /// only strings, booleans and nulls (every envelope the application writes); otherwise the
+    /// value is rebuilt by Postgres' own functions.
     ///
     /// # Safety
     /// The datum must be a valid jsonb object holding all three fields (the caller has
     /// decoded them from this very value).
     pub unsafe fn with_parts(&self, parts: &EncodedParts) -> RawJsonb {
+        let replacements: [(&[u8], &[u8]); 3] = [
+            (b"iv", parts.iv.as_bytes()),
+            (b"ciphertext", parts.ciphertext.as_bytes()),
+            (b"authTag", parts.auth_tag.as_bytes()),
+        ];
+        // SAFETY: forwarded to the caller.
+        let spliced = match Root::parse(unsafe { self.container() }) {
+            Some(Root::Object(object)) => object.with_strings(&replacements),
+            _ => None,
+        };
+        match spliced {
+            // SAFETY: a container checked by Root::parse, rewritten by with_strings.
+            Some(container) => unsafe { RawJsonb::from_container(&container) },
+            // SAFETY: forwarded to the caller.
+            None => unsafe { self.rebuilt_with_parts(parts) },
+        }
+    }
+
+    /// A new jsonb datum, palloc'd in the current memory context, holding `container`.
+    ///
+    /// # Safety
+    /// `container` must be a valid jsonb root container.
+    pub(crate) unsafe fn from_container(container: &[u8]) -> RawJsonb {
+        let size = container.len() + pg_sys::VARHDRSZ;
+        // SAFETY: palloc raises an ERROR rather than return NULL; the copy stays in bounds.
+        unsafe {
+            let datum = pg_sys::palloc(size).cast::<u8>();
+            pgrx::varlena::set_varsize_4b(datum.cast(), size as i32);
+            std::ptr::copy_nonoverlapping(
+                container.as_ptr(),
+                datum.add(pg_sys::VARHDRSZ),
+                container.len(),
+            );
+            RawJsonb(pg_sys::Datum::from(datum))
+        }
+    }
+
+    /// `with_parts` through Postgres' iterator and serialiser: one pass over the binary
+    /// container, as Postgres' own jsonb functions rebuild a value.
+    ///
+    /// # Safety
+    /// As `with_parts`.
+    pub unsafe fn rebuilt_with_parts(&self, parts: &EncodedParts) -> RawJsonb {
         use pg_sys::JsonbIteratorToken::{WJB_BEGIN_ARRAY, WJB_DONE, WJB_KEY, WJB_VALUE};
         let replacements: [(&[u8], &str); 3] = [
             (b"iv", &parts.iv),
@@ -206,6 +259,25 @@ impl RawJsonb {
             }
             RawJsonb(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result)))
         }
+    }
+}
+
+/// Test support for the `#[pg_test]`s that hold the splice to Postgres' own serialiser.
+#[cfg(any(test, feature = "pg_test"))]
+impl RawJsonb {
+    /// A jsonb datum parsed from JSON text by `jsonb_in`.
+    pub fn from_text(text: &CStr) -> RawJsonb {
+        // SAFETY: jsonb_in takes one cstring and returns a jsonb datum (or raises an ERROR).
+        let datum = unsafe {
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())])
+        };
+        RawJsonb(datum.unwrap_or(pg_sys::Datum::from(0)))
+    }
+
+    /// The root container's bytes, copied.
+    pub fn container_bytes(&self) -> Vec<u8> {
+        // SAFETY: test values are valid jsonb datums.
+        unsafe { self.container() }.to_vec()
     }
 }
 

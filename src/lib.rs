@@ -9,6 +9,7 @@
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+pub mod container;
 pub mod envelope;
 pub mod error;
 pub mod functions;

@@ -472,7 +472,7 @@ fn _credential_reencrypt_row_jsonb(
             let Some(sealed) = (unsafe { secret.sealed() })? else {
                 return Ok(RowOutcome::Empty);
             };
-            Ok(match rotator.rotate_sealed(&sealed, reseal)? {
+            Ok(match rotator.rotate_sealed(sealed, reseal)? {
                 PartsRotation::AlreadyCurrent => RowOutcome::AlreadyCurrent,
                 PartsRotation::Resealed(parts) => RowOutcome::Rewrite(parts.map(Stashed::Parts)),
             })
