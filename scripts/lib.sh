@@ -43,6 +43,16 @@ install_extension() {
     [ "$profile" = release ] && flags+=(--release)
     log "building and installing credential_rotate ($profile)"
     (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "${flags[@]}" >/dev/null)
+    # cargo pgrx installs the current version's script and the upgrade scripts; the install
+    # scripts of previous releases (sql/credential_rotate--<version>.sql) are copied here, so
+    # that a previous version can still be created (tests/upgrade.sh does).
+    local script
+    for script in "$REPO_ROOT"/sql/credential_rotate--*.sql; do
+        case $(basename "$script") in
+        credential_rotate--*--*) ;;
+        *) install -m 644 "$script" "$("$PG_CONFIG" --sharedir)/extension/" ;;
+        esac
+    done
 }
 
 # Starts a throwaway cluster owned by the postgres user. Sets CLUSTER_DIR, PGHOST, PGPORT,

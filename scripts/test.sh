@@ -97,6 +97,7 @@ stage "server log hygiene" log_hygiene
 stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
 stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
 stage "hot standby reader during a rotation" bash tests/hot_standby.sh
+stage "upgrade from the previous release (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
 stage "fuzzing the envelope parser, opener, key parser and jsonb layout reader" fuzz
 
 if [ "$failed" -gt 0 ]; then

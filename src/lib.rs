@@ -30,6 +30,35 @@ extension_sql_file!(
         rotate::_credential_reencrypt_blocks
     ]
 );
+// The one hand-written change of 0.2.0 (function descriptions), applied by a fresh install
+// and by ALTER EXTENSION UPDATE from 0.1.0 alike: one file, so the two cannot drift.
+extension_sql_file!(
+    "../sql/credential_rotate--0.1.0--0.2.0.sql",
+    name = "descriptions_0_2_0",
+    requires = [
+        "batched",
+        rotate::credential_reencrypt,
+        rotate::credential_verify,
+        rotate::credential_verify_rows,
+        rotate::_credential_audit_append,
+        rotate::_credential_reencrypt_blocks,
+        rotate::_credential_reencrypt_row,
+        rotate::_credential_reencrypt_row_jsonb,
+        rotate::_credential_reencrypt_take,
+        rotate::_credential_reencrypt_take_jsonb,
+        rotate::_credential_status,
+        rotate::_credential_status_jsonb,
+        functions::credential_encrypt_jsonb,
+        functions::credential_encrypt_text,
+        functions::credential_decrypt_jsonb,
+        functions::credential_decrypt_text,
+        functions::credential_generate_key,
+        functions::credential_key_fingerprint,
+        functions::credential_reencrypt_value_jsonb,
+        functions::credential_reencrypt_value_text,
+        functions::_credential_check_keys,
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", finalize);
 
 /// `credential_rotate.progress_rows`: a NOTICE every this many rows scanned; 0 silences it.

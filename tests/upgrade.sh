@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The upgrade path. A database created with the previous release (0.1.0, its install script
+# kept as released in sql/) runs a rotation on the new library before it is upgraded, then
+# ALTER EXTENSION credential_rotate UPDATE: its catalog must then equal a fresh install's,
+# object by object (definition, attributes, privileges, initial privileges, description), its
+# audit rows must survive, and rotations must go on working.
+# Needs the test cluster of scripts/test.sh (PG* variables) with the extension installed.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+load_test_keys
+PREVIOUS=0.1.0
+UPGRADED=credential_rotate_upgraded
+FRESH=credential_rotate_fresh
+failures=0
+
+q() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+fail() { echo "FAILED: $*" >&2; failures=$((failures + 1)); }
+
+# Every object of the extension as one sorted block of text per object. Everything that can
+# differ between two installs is in it, except OIDs and the session that created them.
+catalog() {
+    q -d "$1" <<'SQL'
+WITH members AS (
+    SELECT d.classid, d.objid, d.objsubid
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+     WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass
+       AND d.deptype = 'e' AND e.extname = 'credential_rotate'
+)
+SELECT pg_catalog.pg_describe_object(m.classid, m.objid, m.objsubid)
+       || E'\n  description: ' || coalesce(pg_catalog.obj_description(m.objid, m.classid::regclass::text), '-')
+       || E'\n  initial privileges: ' || coalesce((
+              SELECT pg_catalog.string_agg(i.privtype::text || ' ' || i.initprivs::text, ', ')
+                FROM pg_catalog.pg_init_privs i
+               WHERE i.classoid = m.classid AND i.objoid = m.objid), '-')
+       || CASE m.classid
+          WHEN 'pg_catalog.pg_proc'::regclass THEN
+              (SELECT E'\n  owner: ' || pg_catalog.pg_get_userbyid(p.proowner)
+                      || E'\n  acl: ' || coalesce(p.proacl::text, '-')
+                      || E'\n' || pg_catalog.pg_get_functiondef(p.oid)
+                 FROM pg_catalog.pg_proc p WHERE p.oid = m.objid)
+          WHEN 'pg_catalog.pg_class'::regclass THEN
+              (SELECT E'\n  kind: ' || c.relkind::text || ', acl: ' || coalesce(c.relacl::text, '-')
+                      || coalesce(E'\n  columns: ' || (
+                             SELECT pg_catalog.string_agg(a.attname || ' '
+                                        || pg_catalog.format_type(a.atttypid, a.atttypmod)
+                                        || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                        || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END
+                                        || coalesce(' default ' || pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), ''),
+                                        ', ' ORDER BY a.attnum)
+                               FROM pg_catalog.pg_attribute a
+                               LEFT JOIN pg_catalog.pg_attrdef ad
+                                      ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+                      || coalesce(E'\n  constraints: ' || (
+                             SELECT pg_catalog.string_agg(pg_catalog.pg_get_constraintdef(k.oid), ', '
+                                        ORDER BY pg_catalog.pg_get_constraintdef(k.oid))
+                               FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid), '')
+                      || coalesce(E'\n  indexes: ' || (
+                             SELECT pg_catalog.string_agg(pg_catalog.pg_get_indexdef(x.indexrelid), ', '
+                                        ORDER BY pg_catalog.pg_get_indexdef(x.indexrelid))
+                               FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid), '')
+                 FROM pg_catalog.pg_class c WHERE c.oid = m.objid)
+          ELSE '' END
+  FROM members m
+ UNION ALL
+SELECT 'extension ' || e.extname || ' ' || e.extversion
+       || E'\n  relocatable: ' || e.extrelocatable
+       || E'\n  dumped: ' || coalesce((
+              SELECT pg_catalog.string_agg(c.oid::regclass::text || ' where ' || coalesce(w, '-'), ', '
+                                           ORDER BY c.oid::regclass::text)
+                FROM ROWS FROM (pg_catalog.unnest(e.extconfig), pg_catalog.unnest(e.extcondition)) AS x(cfg, w)
+                JOIN pg_catalog.pg_class c ON c.oid = x.cfg), '-')
+  FROM pg_catalog.pg_extension e WHERE e.extname = 'credential_rotate'
+ ORDER BY 1;
+SQL
+}
+
+for db in "$UPGRADED" "$FRESH"; do
+    q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+done
+CURRENT=$(q -d postgres -c "SELECT default_version FROM pg_catalog.pg_available_extensions
+                             WHERE name = 'credential_rotate'")
+[ "$CURRENT" != "$PREVIOUS" ] || fail "the current version is still $PREVIOUS"
+
+# The previous release, with data and an audit row written by the new library.
+q -d "$UPGRADED" -c "CREATE EXTENSION credential_rotate VERSION '$PREVIOUS'" \
+    -f tests/freeboard/credential_profiles.sql \
+    -c "INSERT INTO credential_profiles (id, name, secret)
+        SELECT 'p' || i, 'profile ' || i,
+               credential_encrypt(pg_catalog.jsonb_build_object('token', i), '$OLD')
+          FROM pg_catalog.generate_series(1, 500) i"
+q -d "$UPGRADED" -c "SELECT * FROM credential_reencrypt('$OLD', '$NEW')" >/dev/null
+[ "$(q -d "$UPGRADED" -c "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'credential_rotate'")" = "$PREVIOUS" ] ||
+    fail "the database was not created at $PREVIOUS"
+echo "ok: $PREVIOUS installed; its functions run on the $CURRENT library"
+
+q -d "$FRESH" -c "CREATE EXTENSION credential_rotate"
+before=$(catalog "$UPGRADED")
+fresh=$(catalog "$FRESH")
+# The comparison must be able to see a difference: the previous version's catalog is not
+# the current one's.
+[ "$before" != "$fresh" ] || fail "$PREVIOUS and $CURRENT have the same catalog: nothing to upgrade?"
+
+q -d "$UPGRADED" -c "ALTER EXTENSION credential_rotate UPDATE"
+after=$(catalog "$UPGRADED")
+if [ "$after" = "$fresh" ]; then
+    echo "ok: ALTER EXTENSION UPDATE $PREVIOUS -> $CURRENT gives the catalog of a fresh install ($(grep -c '^function\|^procedure' <<<"$fresh") routines, every attribute, privilege and description)"
+else
+    fail "upgraded and fresh catalogs differ:"
+    diff <(echo "$after") <(echo "$fresh") >&2 || true
+fi
+grep -q "^extension credential_rotate $CURRENT" <<<"$after" || fail "not at $CURRENT after the update"
+grep -q "description: Internal to credential_reencrypt" <<<"$after" ||
+    fail "the upgrade did not add the function descriptions"
+
+# Data and behaviour after the upgrade.
+[ "$(q -d "$UPGRADED" -c "SELECT count(*) FROM credential_rotate_audit WHERE updated = 500")" = 1 ] ||
+    fail "the audit row written under $PREVIOUS did not survive"
+result=$(q -d "$UPGRADED" -c "SELECT updated FROM credential_reencrypt('$NEW', '$OLD')")
+[ "$result" = 500 ] || fail "a rotation after the upgrade re-sealed $result rows, not 500"
+[ "$(q -d "$UPGRADED" -c "SELECT readable FROM credential_verify('$OLD')")" = 500 ] ||
+    fail "after the rollback rotation not every row opens with the old key"
+[ "$(q -d "$UPGRADED" -c "SELECT count(*) FROM credential_rotate_audit")" = 2 ] ||
+    fail "the rotation after the upgrade was not audited"
+echo "ok: after the upgrade the audit trail is intact and rotations work both ways"
+
+for db in "$UPGRADED" "$FRESH"; do
+    q -d postgres -c "DROP DATABASE $db"
+done
+[ "$failures" -eq 0 ]
