@@ -7,12 +7,12 @@
 #   client    the runbook's client-side script (read all, re-seal in Node, one UPDATE per row),
 #             on a table of CLIENT_ROWS rows of its own
 # plus the peak private memory of the backend running a rotation at ROWS and at BIG_ROWS.
-#   scripts/bench.sh [ROWS=100000] [ROUNDS=5] [CLIENT_ROWS=10000] [BIG_ROWS=1000000]
+#   scripts/bench.sh [ROWS=100000] [ROUNDS=9] [CLIENT_ROWS=10000] [BIG_ROWS=1000000]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 ROWS=${1:-100000}
-ROUNDS=${2:-5}
+ROUNDS=${2:-9}
 CLIENT_ROWS=${3:-10000}
 BIG_ROWS=${4:-1000000}
 PORT=${CREDENTIAL_ROTATE_BENCH_PORT:-54793}
@@ -42,13 +42,19 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# One timed statement; the table is vacuumed afterwards (untimed) so every run starts alike.
+# Untimed, after every timed run: vacuum the table, then write every dirty buffer out, so
+# that no run starts while the previous one's writes are still being flushed.
+settle() {
+    psql -X -q -c "VACUUM $1" -c "CHECKPOINT"
+}
+
+# One timed statement on the main table, which is then settled.
 timed() {
     local t0 t1
     t0=$(now)
     psql -X -q -At -v ON_ERROR_STOP=1 -c "$1" >/dev/null
     t1=$(now)
-    psql -X -q -c "VACUUM credential_profiles"
+    settle credential_profiles
     elapsed "$t0" "$t1"
 }
 
@@ -61,7 +67,7 @@ client_run() {
         CREDENTIAL_ENCRYPTION_KEY_OLD=$1 CREDENTIAL_ENCRYPTION_KEY_NEW=$2 \
         TABLE=credential_profiles_client node scripts/client-reencrypt.mjs >/dev/null
     t1=$(now)
-    psql -X -q -c "VACUUM credential_profiles_client"
+    settle credential_profiles_client
     elapsed "$t0" "$t1"
 }
 
@@ -74,9 +80,16 @@ rot_times=()
 client_times=()
 old=$KEY_1
 new=$KEY_2
+floor_sql="UPDATE credential_profiles SET secret = secret || '{}'::jsonb"
 for round in $(seq 1 "$ROUNDS"); do
-    floor_times+=("$(timed "UPDATE credential_profiles SET secret = secret || '{}'::jsonb")")
-    rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
+    # Floor and rotation take turns going first.
+    if [ $((round % 2)) -eq 1 ]; then
+        floor_times+=("$(timed "$floor_sql")")
+        rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
+    else
+        rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
+        floor_times+=("$(timed "$floor_sql")")
+    fi
     client_times+=("$(client_run "$old" "$new")")
     tmp=$old; old=$new; new=$tmp
     echo "round $round: floor ${floor_times[-1]} s, rotation ${rot_times[-1]} s, client ${client_times[-1]} s" >&2

@@ -47,6 +47,9 @@ pub struct Object<'a> {
     pairs: usize,
 }
 
+/// An entry's type (`JENTRY_IS*`) and its bytes.
+type Entry<'a> = (u32, &'a [u8]);
+
 /// A value found under a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -121,7 +124,7 @@ impl<'a> Object<'a> {
 
     /// Every entry in order — the keys, then the values — as its type and its bytes, found
     /// in one forward pass as `Root::parse` checked them.
-    fn entries(&self) -> impl Iterator<Item = (u32, &'a [u8])> + '_ {
+    fn entries(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
         let data = self.data_start().unwrap_or(self.bytes.len());
         let mut end = 0usize;
         (0..self.pairs * 2).map_while(move |index| {
@@ -166,55 +169,90 @@ impl<'a> Object<'a> {
         found
     }
 
-    /// A copy of the whole container (without a varlena header) in which the value of each
-    /// key named in `replacements` is the given string, every other key and value as stored.
-    /// `None` when the object holds a number or a nested container (whose alignment padding
-    /// depends on where it lands), or when the result would exceed a `JEntry`'s range; the
-    /// caller then rebuilds the value with Postgres' own functions.
-    pub fn with_strings(&self, replacements: &[(&[u8], &[u8])]) -> Option<Vec<u8>> {
-        let data = self.data_start()?;
-        let mut entries = self.entries();
-        let keys: Vec<&[u8]> = entries.by_ref().take(self.pairs).map(|(_, k)| k).collect();
-        let mut values: Vec<(u32, &[u8])> = Vec::with_capacity(self.pairs);
-        for (key, (kind, stored)) in keys.iter().zip(entries) {
+    /// The keys and values side by side, each as its type and bytes.
+    fn pairs(&self) -> impl Iterator<Item = (Entry<'a>, Entry<'a>)> + '_ {
+        self.entries()
+            .take(self.pairs)
+            .zip(self.entries().skip(self.pairs))
+    }
+
+    /// The size of the container `write_with_strings` writes: `None` when the object holds a
+    /// number or a nested container (whose alignment padding depends on where it lands), or
+    /// when the result would exceed a `JEntry`'s range; the caller then rebuilds the value
+    /// with Postgres' own functions.
+    pub fn with_strings_len(&self, replacements: &[(&[u8], &[u8])]) -> Option<usize> {
+        let mut data_len = 0usize;
+        let mut seen = 0usize;
+        for ((_, key), (kind, stored)) in self.pairs() {
             if kind == JENTRY_ISNUMERIC || kind == JENTRY_ISCONTAINER {
                 return None;
             }
-            values.push(match replacements.iter().find(|(name, _)| name == key) {
-                Some((_, new)) => (JENTRY_ISSTRING, *new),
-                None => (kind, stored),
-            });
+            let value = replacement(replacements, key).unwrap_or(stored);
+            data_len = data_len.checked_add(key.len())?.checked_add(value.len())?;
+            seen += 1;
         }
-        if keys.len() != self.pairs || values.len() != self.pairs {
+        if seen != self.pairs || data_len > JENTRY_OFFLENMASK as usize {
             return None;
         }
-        let keys_len = keys.iter().map(|k| k.len()).sum::<usize>();
-        let values_len = values
-            .iter()
-            .try_fold(0usize, |sum, (_, v)| sum.checked_add(v.len()))?;
-        let data_len = keys_len.checked_add(values_len)?;
-        if data_len > JENTRY_OFFLENMASK as usize {
+        self.data_start()?.checked_add(data_len)
+    }
+
+    /// Writes into `out` (exactly `with_strings_len` bytes) a copy of the whole container,
+    /// without a varlena header, in which the value of each key named in `replacements` is the
+    /// given string and every other key and value is as stored.
+    pub fn write_with_strings(
+        &self,
+        replacements: &[(&[u8], &[u8])],
+        out: &mut [u8],
+    ) -> Option<()> {
+        if self.with_strings_len(replacements)? != out.len() {
             return None;
         }
-        let mut out = Vec::with_capacity(data.checked_add(data_len)?);
+        let data = self.data_start()?;
+        let (head, body) = out.split_at_mut_checked(data)?;
         // The header and the keys' entries are unchanged.
-        out.extend_from_slice(self.bytes.get(..WORD.checked_add(self.pairs * WORD)?)?);
+        let keys_entries = WORD.checked_add(self.pairs.checked_mul(WORD)?)?;
+        head.get_mut(..keys_entries)?
+            .copy_from_slice(self.bytes.get(..keys_entries)?);
+        let mut entries = head.get_mut(keys_entries..)?.chunks_exact_mut(WORD);
+        let keys_len = self.pairs().map(|((_, key), _)| key.len()).sum::<usize>();
+        let (keys, mut values) = body.split_at_mut_checked(keys_len)?;
+        keys.copy_from_slice(self.bytes.get(data..data.checked_add(keys_len)?)?);
         let mut end = keys_len;
-        for (i, (kind, value)) in values.iter().enumerate() {
+        for (i, ((_, key), (kind, stored))) in self.pairs().enumerate() {
+            let (kind, value) = match replacement(replacements, key) {
+                Some(new) => (JENTRY_ISSTRING, new),
+                None => (kind, stored),
+            };
             end += value.len();
             let field = if (self.pairs + i).is_multiple_of(JB_OFFSET_STRIDE) {
                 end as u32 | JENTRY_HAS_OFF
             } else {
                 value.len() as u32
             };
-            out.extend_from_slice(&(kind | field).to_ne_bytes());
+            entries
+                .next()?
+                .copy_from_slice(&(kind | field).to_ne_bytes());
+            let (slot, rest) = values.split_at_mut_checked(value.len())?;
+            slot.copy_from_slice(value);
+            values = rest;
         }
-        out.extend_from_slice(self.bytes.get(data..data.checked_add(keys_len)?)?);
-        for (_, value) in &values {
-            out.extend_from_slice(value);
-        }
+        Some(())
+    }
+
+    /// `write_with_strings` into a new vector.
+    pub fn with_strings(&self, replacements: &[(&[u8], &[u8])]) -> Option<Vec<u8>> {
+        let mut out = vec![0; self.with_strings_len(replacements)?];
+        self.write_with_strings(replacements, &mut out)?;
         Some(out)
     }
+}
+
+fn replacement<'r>(replacements: &[(&[u8], &'r [u8])], key: &[u8]) -> Option<&'r [u8]> {
+    replacements
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, new)| *new)
 }
 
 #[cfg(test)]

@@ -179,34 +179,42 @@ impl RawJsonb {
             (b"authTag", parts.auth_tag.as_bytes()),
         ];
         // SAFETY: forwarded to the caller.
-        let spliced = match Root::parse(unsafe { self.container() }) {
-            Some(Root::Object(object)) => object.with_strings(&replacements),
-            _ => None,
-        };
-        match spliced {
-            // SAFETY: a container checked by Root::parse, rewritten by with_strings.
-            Some(container) => unsafe { RawJsonb::from_container(&container) },
-            // SAFETY: forwarded to the caller.
-            None => unsafe { self.rebuilt_with_parts(parts) },
+        let stored = unsafe { self.container() };
+        if let Some(Root::Object(object)) = Root::parse(stored) {
+            if let Some(len) = object.with_strings_len(&replacements) {
+                // SAFETY: written in place into a new datum of exactly the right size, which
+                // is only returned once every byte has been written.
+                unsafe {
+                    let (datum, container) = RawJsonb::allocate(len);
+                    if object
+                        .write_with_strings(&replacements, container)
+                        .is_some()
+                    {
+                        return datum;
+                    }
+                }
+            }
         }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.rebuilt_with_parts(parts) }
     }
 
-    /// A new jsonb datum, palloc'd in the current memory context, holding `container`.
+    /// A new jsonb datum of a container of `len` bytes, palloc'd (zeroed) in the current
+    /// memory context, and its container bytes to fill in.
     ///
     /// # Safety
-    /// `container` must be a valid jsonb root container.
-    pub(crate) unsafe fn from_container(container: &[u8]) -> RawJsonb {
-        let size = container.len() + pg_sys::VARHDRSZ;
-        // SAFETY: palloc raises an ERROR rather than return NULL; the copy stays in bounds.
+    /// The container must be filled with a valid jsonb container before the datum is used.
+    unsafe fn allocate<'a>(len: usize) -> (RawJsonb, &'a mut [u8]) {
+        let size = len + pg_sys::VARHDRSZ;
+        // SAFETY: palloc0 raises an ERROR rather than return NULL; the slice is the datum's
+        // bytes after its header, which live as long as the memory context.
         unsafe {
-            let datum = pg_sys::palloc(size).cast::<u8>();
+            let datum = pg_sys::palloc0(size).cast::<u8>();
             pgrx::varlena::set_varsize_4b(datum.cast(), size as i32);
-            std::ptr::copy_nonoverlapping(
-                container.as_ptr(),
-                datum.add(pg_sys::VARHDRSZ),
-                container.len(),
-            );
-            RawJsonb(pg_sys::Datum::from(datum))
+            (
+                RawJsonb(pg_sys::Datum::from(datum)),
+                std::slice::from_raw_parts_mut(datum.add(pg_sys::VARHDRSZ), len),
+            )
         }
     }
 
@@ -272,6 +280,19 @@ impl RawJsonb {
             pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())])
         };
         RawJsonb(datum.unwrap_or(pg_sys::Datum::from(0)))
+    }
+
+    /// A new jsonb datum holding `container`, checked or not.
+    ///
+    /// # Safety
+    /// Only for tests of how damaged values are handled: the bytes are not checked.
+    pub unsafe fn from_container(container: &[u8]) -> RawJsonb {
+        // SAFETY: filled right away (caller: with anything, on purpose).
+        unsafe {
+            let (datum, bytes) = RawJsonb::allocate(container.len());
+            bytes.copy_from_slice(container);
+            datum
+        }
     }
 
     /// The root container's bytes, copied.
