@@ -45,6 +45,8 @@ pub struct Object<'a> {
     /// The container, from its header word to the end of its data.
     bytes: &'a [u8],
     pairs: usize,
+    /// Every entry in order — the keys, then the values — as its type and its bytes.
+    entries: Vec<Entry<'a>>,
 }
 
 /// An entry's type (`JENTRY_IS*`) and its bytes.
@@ -76,31 +78,32 @@ impl<'a> Root<'a> {
         if header & (JB_FARRAY | JB_FSCALAR) != 0 || header & 0x8000_0000 != 0 {
             return None;
         }
-        let object = Object {
-            bytes,
-            pairs: (header & JB_CMASK) as usize,
-        };
-        let data = object.data_start()?;
+        let pairs = (header & JB_CMASK) as usize;
+        let data = pairs.checked_mul(2 * WORD)?.checked_add(WORD)?;
+        let (jentries, body) = bytes.split_at_checked(data)?;
+        let mut entries = Vec::with_capacity(pairs * 2);
         let mut end = 0usize;
-        for index in 0..object.pairs * 2 {
-            let entry = object.entry(index)?;
+        for (index, raw) in jentries.get(WORD..)?.chunks_exact(WORD).enumerate() {
+            let entry = u32::from_ne_bytes(raw.try_into().ok()?);
             let kind = entry & JENTRY_TYPEMASK;
-            if kind > JENTRY_ISCONTAINER || (index < object.pairs && kind != JENTRY_ISSTRING) {
+            if kind > JENTRY_ISCONTAINER || (index < pairs && kind != JENTRY_ISSTRING) {
                 return None;
             }
             let field = (entry & JENTRY_OFFLENMASK) as usize;
-            let next = if entry & JENTRY_HAS_OFF != 0 {
+            let start = end;
+            end = if entry & JENTRY_HAS_OFF != 0 {
                 field
             } else {
                 end.checked_add(field)?
             };
-            if next < end {
-                return None;
-            }
-            end = next;
+            entries.push((kind, body.get(start..end)?));
         }
         // The data ends exactly where the datum does.
-        (data.checked_add(end)? == bytes.len()).then_some(Root::Object(object))
+        (end == body.len()).then_some(Root::Object(Object {
+            bytes,
+            pairs,
+            entries,
+        }))
     }
 }
 
@@ -113,67 +116,25 @@ impl<'a> Object<'a> {
         self.pairs == 0
     }
 
-    fn data_start(&self) -> Option<usize> {
-        let start = self.pairs.checked_mul(2 * WORD)?.checked_add(WORD)?;
-        (start <= self.bytes.len()).then_some(start)
+    /// The keys and values side by side, each as its type and bytes.
+    fn pairs(&self) -> impl Iterator<Item = (&Entry<'a>, &Entry<'a>)> + '_ {
+        let (keys, values) = self.entries.split_at(self.pairs.min(self.entries.len()));
+        keys.iter().zip(values)
     }
 
-    fn entry(&self, index: usize) -> Option<u32> {
-        word(self.bytes, WORD.checked_add(index.checked_mul(WORD)?)?)
-    }
-
-    /// Every entry in order — the keys, then the values — as its type and its bytes, found
-    /// in one forward pass as `Root::parse` checked them.
-    fn entries(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
-        let data = self.data_start().unwrap_or(self.bytes.len());
-        let mut end = 0usize;
-        (0..self.pairs * 2).map_while(move |index| {
-            let entry = self.entry(index)?;
-            let start = end;
-            let field = (entry & JENTRY_OFFLENMASK) as usize;
-            end = if entry & JENTRY_HAS_OFF != 0 {
-                field
-            } else {
-                end.checked_add(field)?
-            };
-            let bytes = self
-                .bytes
-                .get(data.checked_add(start)?..data.checked_add(end)?)?;
-            Some((entry & JENTRY_TYPEMASK, bytes))
-        })
-    }
-
-    /// The values stored under each of `names`, found in one pass.
+    /// The values stored under each of `names`.
     pub fn get<const N: usize>(&self, names: [&[u8]; N]) -> [Option<Value<'a>>; N] {
-        let mut positions = [None; N];
         let mut found = [None; N];
-        for (index, (kind, bytes)) in self.entries().enumerate() {
-            if index < self.pairs {
-                for (name, position) in names.iter().zip(positions.iter_mut()) {
-                    if *name == bytes {
-                        *position = Some(index + self.pairs);
-                    }
-                }
-            } else {
-                for (position, value) in positions.iter().zip(found.iter_mut()) {
-                    if *position == Some(index) {
-                        *value = Some(if kind == JENTRY_ISSTRING {
-                            Value::String(bytes)
-                        } else {
-                            Value::Other
-                        });
-                    }
-                }
+        for (&(_, key), &(kind, bytes)) in self.pairs() {
+            if let Some(i) = names.iter().position(|name| *name == key) {
+                found[i] = Some(if kind == JENTRY_ISSTRING {
+                    Value::String(bytes)
+                } else {
+                    Value::Other
+                });
             }
         }
         found
-    }
-
-    /// The keys and values side by side, each as its type and bytes.
-    fn pairs(&self) -> impl Iterator<Item = (Entry<'a>, Entry<'a>)> + '_ {
-        self.entries()
-            .take(self.pairs)
-            .zip(self.entries().skip(self.pairs))
     }
 
     /// The size of the container `write_with_strings` writes: `None` when the object holds a
@@ -182,62 +143,57 @@ impl<'a> Object<'a> {
     /// with Postgres' own functions.
     pub fn with_strings_len(&self, replacements: &[(&[u8], &[u8])]) -> Option<usize> {
         let mut data_len = 0usize;
-        let mut seen = 0usize;
-        for ((_, key), (kind, stored)) in self.pairs() {
+        for (&(_, key), &(kind, stored)) in self.pairs() {
             if kind == JENTRY_ISNUMERIC || kind == JENTRY_ISCONTAINER {
                 return None;
             }
             let value = replacement(replacements, key).unwrap_or(stored);
             data_len = data_len.checked_add(key.len())?.checked_add(value.len())?;
-            seen += 1;
         }
-        if seen != self.pairs || data_len > JENTRY_OFFLENMASK as usize {
+        if data_len > JENTRY_OFFLENMASK as usize {
             return None;
         }
-        self.data_start()?.checked_add(data_len)
+        data_len.checked_add(WORD.checked_add(self.pairs.checked_mul(2 * WORD)?)?)
     }
 
     /// Writes into `out` (exactly `with_strings_len` bytes) a copy of the whole container,
     /// without a varlena header, in which the value of each key named in `replacements` is the
-    /// given string and every other key and value is as stored.
+    /// given string and every other key and value is as stored. `None`, with `out` partly
+    /// written, if `out` is not exactly that size.
     pub fn write_with_strings(
         &self,
         replacements: &[(&[u8], &[u8])],
         out: &mut [u8],
     ) -> Option<()> {
-        if self.with_strings_len(replacements)? != out.len() {
-            return None;
-        }
-        let data = self.data_start()?;
+        let keys_entries = WORD.checked_add(self.pairs.checked_mul(WORD)?)?;
+        let data = keys_entries.checked_add(self.pairs.checked_mul(WORD)?)?;
         let (head, body) = out.split_at_mut_checked(data)?;
         // The header and the keys' entries are unchanged.
-        let keys_entries = WORD.checked_add(self.pairs.checked_mul(WORD)?)?;
-        head.get_mut(..keys_entries)?
-            .copy_from_slice(self.bytes.get(..keys_entries)?);
-        let mut entries = head.get_mut(keys_entries..)?.chunks_exact_mut(WORD);
-        let keys_len = self.pairs().map(|((_, key), _)| key.len()).sum::<usize>();
+        let (head, mut value_entries) = head.split_at_mut_checked(keys_entries)?;
+        head.copy_from_slice(self.bytes.get(..keys_entries)?);
+        let keys_len: usize = self.pairs().map(|(&(_, key), _)| key.len()).sum();
         let (keys, mut values) = body.split_at_mut_checked(keys_len)?;
         keys.copy_from_slice(self.bytes.get(data..data.checked_add(keys_len)?)?);
         let mut end = keys_len;
-        for (i, ((_, key), (kind, stored))) in self.pairs().enumerate() {
+        for (i, (&(_, key), &(kind, stored))) in self.pairs().enumerate() {
             let (kind, value) = match replacement(replacements, key) {
                 Some(new) => (JENTRY_ISSTRING, new),
                 None => (kind, stored),
             };
-            end += value.len();
+            end = end.checked_add(value.len())?;
             let field = if (self.pairs + i).is_multiple_of(JB_OFFSET_STRIDE) {
                 end as u32 | JENTRY_HAS_OFF
             } else {
                 value.len() as u32
             };
-            entries
-                .next()?
-                .copy_from_slice(&(kind | field).to_ne_bytes());
+            let (entry, rest) = value_entries.split_at_mut_checked(WORD)?;
+            entry.copy_from_slice(&(kind | field).to_ne_bytes());
+            value_entries = rest;
             let (slot, rest) = values.split_at_mut_checked(value.len())?;
             slot.copy_from_slice(value);
             values = rest;
         }
-        Some(())
+        (values.is_empty() && end <= JENTRY_OFFLENMASK as usize).then_some(())
     }
 
     /// `write_with_strings` into a new vector.

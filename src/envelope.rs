@@ -65,6 +65,8 @@ pub enum EnvelopeError {
     Random,
     #[error("the stored jsonb value is damaged: its binary layout does not check out")]
     DamagedJsonb,
+    #[error("the secret is too large to seal")]
+    TooLarge,
 }
 
 /// What a stored secret value holds.
@@ -101,12 +103,72 @@ pub enum Field<'a> {
     Str(&'a [u8]),
 }
 
-/// The three fields a re-seal replaces, base64-encoded as Node writes them.
+/// The three fields a re-seal replaces, base64-encoded as Node writes them, in one buffer:
+/// one allocation per row, and no UTF-8 check of what base64 writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedParts {
-    pub iv: String,
-    pub ciphertext: String,
-    pub auth_tag: String,
+    buffer: Vec<u8>,
+    iv_end: usize,
+    ciphertext_end: usize,
+}
+
+impl EncodedParts {
+    fn encode(iv: &[u8], ciphertext: &[u8], tag: &[u8]) -> Result<EncodedParts, EnvelopeError> {
+        let len =
+            |part: &[u8]| base64::encoded_len(part.len(), true).ok_or(EnvelopeError::TooLarge);
+        let iv_end = len(iv)?;
+        let ciphertext_end = iv_end
+            .checked_add(len(ciphertext)?)
+            .ok_or(EnvelopeError::TooLarge)?;
+        let end = ciphertext_end
+            .checked_add(len(tag)?)
+            .ok_or(EnvelopeError::TooLarge)?;
+        let mut buffer = vec![0; end];
+        let mut at = 0;
+        for part in [iv, ciphertext, tag] {
+            at += STANDARD
+                .encode_slice(part, buffer.get_mut(at..).ok_or(EnvelopeError::TooLarge)?)
+                .map_err(|_| EnvelopeError::TooLarge)?;
+        }
+        Ok(EncodedParts {
+            buffer,
+            iv_end,
+            ciphertext_end,
+        })
+    }
+
+    /// Parts given as base64 text (tests).
+    #[cfg(any(test, feature = "pg_test"))]
+    pub fn from_text(iv: &str, ciphertext: &str, auth_tag: &str) -> EncodedParts {
+        EncodedParts {
+            buffer: [iv, ciphertext, auth_tag].concat().into_bytes(),
+            iv_end: iv.len(),
+            ciphertext_end: iv.len() + ciphertext.len(),
+        }
+    }
+
+    pub fn iv(&self) -> &[u8] {
+        self.buffer.get(..self.iv_end).unwrap_or_default()
+    }
+
+    pub fn ciphertext(&self) -> &[u8] {
+        self.buffer
+            .get(self.iv_end..self.ciphertext_end)
+            .unwrap_or_default()
+    }
+
+    pub fn auth_tag(&self) -> &[u8] {
+        self.buffer.get(self.ciphertext_end..).unwrap_or_default()
+    }
+
+    /// The three parts under their envelope field names.
+    pub fn fields(&self) -> [(&'static [u8], &[u8]); 3] {
+        [
+            (FIELD_IV.as_bytes(), self.iv()),
+            (FIELD_CIPHERTEXT.as_bytes(), self.ciphertext()),
+            (FIELD_TAG.as_bytes(), self.auth_tag()),
+        ]
+    }
 }
 
 impl Secret {
@@ -299,9 +361,14 @@ impl Cipher {
         plaintext: &[u8],
     ) -> Result<Envelope, EnvelopeError> {
         let (sealed, encoded) = self.seal_parts(plaintext)?;
-        fields.insert(FIELD_IV.into(), Value::String(encoded.iv));
-        fields.insert(FIELD_CIPHERTEXT.into(), Value::String(encoded.ciphertext));
-        fields.insert(FIELD_TAG.into(), Value::String(encoded.auth_tag));
+        for (name, value) in encoded.fields() {
+            // Base64 is ASCII: the lossy conversion never changes a byte.
+            let value = String::from_utf8_lossy(value).into_owned();
+            fields.insert(
+                String::from_utf8_lossy(name).into_owned(),
+                Value::String(value),
+            );
+        }
         Ok(Envelope { fields, sealed })
     }
 
@@ -324,13 +391,9 @@ impl Cipher {
             .aead
             .encrypt_in_place_detached(Nonce::from_slice(&sealed.iv), b"", &mut sealed.ciphertext)
             // Only fails for plaintexts beyond GCM's 64 GiB limit, far past any Postgres value.
-            .map_err(|_| EnvelopeError::Random)?;
+            .map_err(|_| EnvelopeError::TooLarge)?;
         sealed.tag = tag.into();
-        Ok(EncodedParts {
-            iv: STANDARD.encode(sealed.iv),
-            ciphertext: STANDARD.encode(&*sealed.ciphertext),
-            auth_tag: STANDARD.encode(sealed.tag),
-        })
+        EncodedParts::encode(&sealed.iv, &sealed.ciphertext, &sealed.tag)
     }
 }
 

@@ -124,6 +124,7 @@ fn envelope_sqlstate(reason: EnvelopeError) -> PgSqlErrorCode {
         EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey => ERRCODE_DATA_EXCEPTION,
         EnvelopeError::Random => ERRCODE_INTERNAL_ERROR,
         EnvelopeError::DamagedJsonb => ERRCODE_DATA_CORRUPTED,
+        EnvelopeError::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         // The value is not an envelope the extension can read.
         _ => ERRCODE_INVALID_TEXT_REPRESENTATION,
     }

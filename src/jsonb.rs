@@ -173,11 +173,7 @@ impl RawJsonb {
     /// The datum must be a valid jsonb object holding all three fields (the caller has
     /// decoded them from this very value).
     pub unsafe fn with_parts(&self, parts: &EncodedParts) -> RawJsonb {
-        let replacements: [(&[u8], &[u8]); 3] = [
-            (b"iv", parts.iv.as_bytes()),
-            (b"ciphertext", parts.ciphertext.as_bytes()),
-            (b"authTag", parts.auth_tag.as_bytes()),
-        ];
+        let replacements = parts.fields();
         // SAFETY: forwarded to the caller.
         let stored = unsafe { self.container() };
         if let Some(Root::Object(object)) = Root::parse(stored) {
@@ -225,11 +221,7 @@ impl RawJsonb {
     /// As `with_parts`.
     pub unsafe fn rebuilt_with_parts(&self, parts: &EncodedParts) -> RawJsonb {
         use pg_sys::JsonbIteratorToken::{WJB_BEGIN_ARRAY, WJB_DONE, WJB_KEY, WJB_VALUE};
-        let replacements: [(&[u8], &str); 3] = [
-            (b"iv", &parts.iv),
-            (b"ciphertext", &parts.ciphertext),
-            (b"authTag", &parts.auth_tag),
-        ];
+        let replacements = parts.fields();
         // SAFETY: a valid jsonb (caller); the iterator and the parse state live in the current
         // memory context; the replacement strings outlive JsonbValueToJsonb, which copies them.
         unsafe {
@@ -238,7 +230,7 @@ impl RawJsonb {
             let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
             let mut value: pg_sys::JsonbValue = std::mem::zeroed();
             let mut result: *mut pg_sys::JsonbValue = std::ptr::null_mut();
-            let mut replacement: Option<&str> = None;
+            let mut replacement: Option<&[u8]> = None;
             loop {
                 let token = pg_sys::JsonbIteratorNext(&mut it, &mut value, true);
                 if token == WJB_DONE {
@@ -302,7 +294,7 @@ impl RawJsonb {
     }
 }
 
-fn string_value(s: &str) -> pg_sys::JsonbValue {
+fn string_value(s: &[u8]) -> pg_sys::JsonbValue {
     pg_sys::JsonbValue {
         type_: pg_sys::jbvType::jbvString,
         val: pg_sys::JsonbValue__bindgen_ty_1 {

@@ -447,16 +447,12 @@ mod tests {
             ),
         ];
         for parts in [
-            EncodedParts {
-                iv: "ZZZZZZZZZZZZZZZZ".into(),
-                ciphertext: "c2hvcnQ=".into(),
-                auth_tag: "TTTTTTTTTTTTTTTTTTTTTT==".into(),
-            },
-            EncodedParts {
-                iv: "YYYYYYYYYYYYYYYY".into(),
-                ciphertext: "bG9uZ2Vy".repeat(300),
-                auth_tag: "UUUUUUUUUUUUUUUUUUUUUU==".into(),
-            },
+            EncodedParts::from_text("ZZZZZZZZZZZZZZZZ", "c2hvcnQ=", "TTTTTTTTTTTTTTTTTTTTTT=="),
+            EncodedParts::from_text(
+                "YYYYYYYYYYYYYYYY",
+                &"bG9uZ2Vy".repeat(300),
+                "UUUUUUUUUUUUUUUUUUUUUU==",
+            ),
         ] {
             for (text, spliced) in &cases {
                 let stored = RawJsonb::from_text(&CString::new(text.as_str()).unwrap());
@@ -464,11 +460,7 @@ mod tests {
                 let Some(Root::Object(object)) = Root::parse(&bytes) else {
                     panic!("{text}: not read as an object");
                 };
-                let replacements: [(&[u8], &[u8]); 3] = [
-                    (b"iv", parts.iv.as_bytes()),
-                    (b"ciphertext", parts.ciphertext.as_bytes()),
-                    (b"authTag", parts.auth_tag.as_bytes()),
-                ];
+                let replacements = parts.fields();
                 assert_eq!(
                     object.with_strings(&replacements).is_some(),
                     *spliced,
@@ -482,18 +474,19 @@ mod tests {
                     )
                 };
                 assert_eq!(ours, theirs, "{text}");
+                let text_of = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let expected = text
                     .replace(
                         r#""iv":"AAAAAAAAAAAAAAAA""#,
-                        &format!(r#""iv":"{}""#, parts.iv),
+                        &format!(r#""iv":"{}""#, text_of(parts.iv())),
                     )
                     .replace(
                         r#""ciphertext":"Q0NDQ0NDQ0ND""#,
-                        &format!(r#""ciphertext":"{}""#, parts.ciphertext),
+                        &format!(r#""ciphertext":"{}""#, text_of(parts.ciphertext())),
                     )
                     .replace(
                         r#""authTag":"BBBBBBBBBBBBBBBBBBBBBB==""#,
-                        &format!(r#""authTag":"{}""#, parts.auth_tag),
+                        &format!(r#""authTag":"{}""#, text_of(parts.auth_tag())),
                     );
                 let parsed = RawJsonb::from_text(&CString::new(expected).unwrap());
                 assert_eq!(ours, parsed.container_bytes(), "{text}");
