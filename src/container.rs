@@ -81,7 +81,7 @@ impl<'a> Root<'a> {
         let pairs = (header & JB_CMASK) as usize;
         let data = pairs.checked_mul(2 * WORD)?.checked_add(WORD)?;
         let (jentries, body) = bytes.split_at_checked(data)?;
-        let mut entries = Vec::with_capacity(pairs * 2);
+        let mut entries: Vec<Entry<'a>> = Vec::with_capacity(pairs * 2);
         let mut end = 0usize;
         for (index, raw) in jentries.get(WORD..)?.chunks_exact(WORD).enumerate() {
             let entry = u32::from_ne_bytes(raw.try_into().ok()?);
@@ -89,14 +89,35 @@ impl<'a> Root<'a> {
             if kind > JENTRY_ISCONTAINER || (index < pairs && kind != JENTRY_ISSTRING) {
                 return None;
             }
+            // Postgres stores an end offset on exactly every JB_OFFSET_STRIDE'th entry.
+            let has_offset = entry & JENTRY_HAS_OFF != 0;
+            if has_offset != index.is_multiple_of(JB_OFFSET_STRIDE) {
+                return None;
+            }
             let field = (entry & JENTRY_OFFLENMASK) as usize;
             let start = end;
-            end = if entry & JENTRY_HAS_OFF != 0 {
+            end = if has_offset {
                 field
             } else {
                 end.checked_add(field)?
             };
-            entries.push((kind, body.get(start..end)?));
+            let bytes = body.get(start..end)?;
+            // Booleans and nulls have no data.
+            if matches!(
+                kind,
+                JENTRY_ISBOOL_FALSE | JENTRY_ISBOOL_TRUE | JENTRY_ISNULL
+            ) && !bytes.is_empty()
+            {
+                return None;
+            }
+            // Keys are unique and sorted, shorter first, then bytewise.
+            if index > 0 && index < pairs {
+                let previous = entries.last()?.1;
+                if (previous.len(), previous) >= (bytes.len(), bytes) {
+                    return None;
+                }
+            }
+            entries.push((kind, bytes));
         }
         // The data ends exactly where the datum does.
         (end == body.len()).then_some(Root::Object(Object {
@@ -150,10 +171,10 @@ impl<'a> Object<'a> {
             let value = replacement(replacements, key).unwrap_or(stored);
             data_len = data_len.checked_add(key.len())?.checked_add(value.len())?;
         }
-        if data_len > JENTRY_OFFLENMASK as usize {
-            return None;
-        }
-        data_len.checked_add(WORD.checked_add(self.pairs.checked_mul(2 * WORD)?)?)
+        // Postgres refuses (54000) a container larger than a JEntry can describe; so does this,
+        // leaving the value to Postgres' own serialiser to refuse.
+        let total = data_len.checked_add(WORD.checked_add(self.pairs.checked_mul(2 * WORD)?)?)?;
+        (total <= JENTRY_OFFLENMASK as usize).then_some(total)
     }
 
     /// Writes into `out` (exactly `with_strings_len` bytes) a copy of the whole container,
@@ -165,6 +186,7 @@ impl<'a> Object<'a> {
         replacements: &[(&[u8], &[u8])],
         out: &mut [u8],
     ) -> Option<()> {
+        let out_len = out.len();
         let keys_entries = WORD.checked_add(self.pairs.checked_mul(WORD)?)?;
         let data = keys_entries.checked_add(self.pairs.checked_mul(WORD)?)?;
         let (head, body) = out.split_at_mut_checked(data)?;
@@ -193,7 +215,7 @@ impl<'a> Object<'a> {
             slot.copy_from_slice(value);
             values = rest;
         }
-        (values.is_empty() && end <= JENTRY_OFFLENMASK as usize).then_some(())
+        (values.is_empty() && out_len <= JENTRY_OFFLENMASK as usize).then_some(())
     }
 
     /// `write_with_strings` into a new vector.
@@ -349,6 +371,21 @@ mod tests {
             bad[at..at + WORD].copy_from_slice(&value.to_ne_bytes());
             assert!(Root::parse(&bad).is_none(), "entry at {at} = {value:#x}");
         }
+        // An offset where a length belongs; keys out of order; a null with data.
+        let mut bad = bytes.clone();
+        let second = word(&bad, 2 * WORD).expect("entry");
+        bad[2 * WORD..3 * WORD].copy_from_slice(&(second | JENTRY_HAS_OFF).to_ne_bytes());
+        assert!(Root::parse(&bad).is_none(), "offset off the stride");
+        let unsorted = container(&[("b", Some("x")), ("a", Some("y"))]);
+        assert!(Root::parse(&unsorted).is_none(), "unsorted keys");
+        let duplicate = container(&[("a", Some("x")), ("a", Some("y"))]);
+        assert!(Root::parse(&duplicate).is_none(), "duplicate keys");
+        let mut null_with_data = container(&[("a", None), ("bb", Some("x"))]);
+        let at = 3 * WORD; // the first value's entry: a null, given the length of one byte
+        null_with_data[at..at + WORD].copy_from_slice(&(JENTRY_ISNULL | 1).to_ne_bytes());
+        let at = 4 * WORD; // and the string after it one byte shorter, so the sizes still add up
+        null_with_data[at..at + WORD].copy_from_slice(&(JENTRY_ISSTRING).to_ne_bytes());
+        assert!(Root::parse(&null_with_data).is_none(), "null with data");
         // A pair count far beyond the bytes.
         let mut bad = bytes.clone();
         bad[..WORD].copy_from_slice(&(JB_CMASK | JB_FOBJECT).to_ne_bytes());

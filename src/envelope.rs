@@ -86,7 +86,7 @@ pub struct Envelope {
 }
 
 /// The binary parts of an envelope, decoded and length-checked.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sealed {
     iv: [u8; IV_LEN],
     /// Zeroized on drop: a rotation decrypts it in place, so for a moment it is plaintext.
@@ -210,6 +210,15 @@ fn decode_base64(field: Field<'_>, name: &'static str) -> Result<Vec<u8>, Envelo
     READ_BASE64
         .decode(require(field, name)?)
         .map_err(|_| EnvelopeError::InvalidBase64(name))
+}
+
+/// Lengths only: during a rotation the buffer briefly holds plaintext.
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Decodes a field that must hold exactly `N` bytes, on the stack: the IV and the tag are
@@ -722,6 +731,57 @@ mod tests {
                 Rotation::AlreadyCurrent
             ));
         }
+    }
+
+    /// The in-place path: an envelope under the new key fails the old key's tag check without
+    /// its buffer being touched, so the new key still opens it; under neither key it is
+    /// refused; a plaintext that is not UTF-8 is refused, not re-sealed.
+    #[test]
+    fn in_place_rotation_of_parts_classifies_every_case() {
+        let v = vectors();
+        let rotator = Rotator::new(&v.key_a, &v.key_b);
+        let new = Cipher::new(&v.key_b);
+        for (plaintext, envelope) in &v.good {
+            let under_old = sealed(envelope).into_sealed();
+            let PartsRotation::Resealed(Some(parts)) =
+                rotator.rotate_sealed(under_old.clone(), true).unwrap()
+            else {
+                panic!("expected a re-seal");
+            };
+            let text = |b: &[u8]| std::str::from_utf8(b).unwrap().to_owned();
+            let resealed = Sealed::decode(
+                Field::Str(ALGORITHM.as_bytes()),
+                Field::Str(text(parts.iv()).as_bytes()),
+                Field::Str(text(parts.ciphertext()).as_bytes()),
+                Field::Str(text(parts.auth_tag()).as_bytes()),
+            )
+            .unwrap();
+            assert_eq!(
+                new.open_sealed(&resealed).unwrap().as_slice(),
+                plaintext.as_bytes()
+            );
+            assert!(matches!(
+                rotator.rotate_sealed(resealed.clone(), true),
+                Ok(PartsRotation::AlreadyCurrent)
+            ));
+            assert!(matches!(
+                rotator.rotate_sealed(under_old.clone(), false),
+                Ok(PartsRotation::Resealed(None))
+            ));
+            let key_c = Key::parse("6fYx3zeZFQ1n6rJbJdX6bHvZ9kD0n2o8o5H1lY0GkQ4=").unwrap();
+            let stranger = Rotator::new(&v.key_b, &key_c);
+            assert!(matches!(
+                stranger.rotate_sealed(under_old, true),
+                Err(EnvelopeError::OpensWithNeitherKey)
+            ));
+        }
+        let (not_utf8, _) = Cipher::new(&v.key_a).seal_parts(&[0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            rotator.rotate_sealed(not_utf8.clone(), true),
+            Err(EnvelopeError::PlaintextNotUtf8)
+        ));
+        let debug = format!("{not_utf8:?}");
+        assert!(!debug.contains('['), "Debug prints lengths only: {debug}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl RawJsonb {
         unsafe {
             let jsonb = self.detoasted().cast::<pg_sys::varlena>();
             let len = pgrx::varlena::varsize_4b(jsonb).saturating_sub(pg_sys::VARHDRSZ);
-            std::slice::from_raw_parts(pgrx::varlena::vardata_4b(jsonb).cast::<u8>(), len)
+            std::slice::from_raw_parts(jsonb.cast::<u8>().add(pg_sys::VARHDRSZ), len)
         }
     }
 
@@ -199,7 +199,9 @@ impl RawJsonb {
     /// memory context, and its container bytes to fill in.
     ///
     /// # Safety
-    /// The container must be filled with a valid jsonb container before the datum is used.
+    /// The container must be filled with a valid jsonb container before the datum is used,
+    /// and the slice must not be used after the memory context is reset (its lifetime is not
+    /// tied to anything the compiler can see).
     unsafe fn allocate<'a>(len: usize) -> (RawJsonb, &'a mut [u8]) {
         let size = len + pg_sys::VARHDRSZ;
         // SAFETY: palloc0 raises an ERROR rather than return NULL; the slice is the datum's

@@ -31,7 +31,8 @@ WITH members AS (
 SELECT pg_catalog.pg_describe_object(m.classid, m.objid, m.objsubid)
        || E'\n  description: ' || coalesce(pg_catalog.obj_description(m.objid, m.classid::regclass::text), '-')
        || E'\n  initial privileges: ' || coalesce((
-              SELECT pg_catalog.string_agg(i.privtype::text || ' ' || i.initprivs::text, ', ')
+              SELECT pg_catalog.string_agg(i.objsubid || ' ' || i.privtype::text || ' ' || i.initprivs::text,
+                                           ', ' ORDER BY i.objsubid, i.privtype)
                 FROM pg_catalog.pg_init_privs i
                WHERE i.classoid = m.classid AND i.objoid = m.objid), '-')
        || CASE m.classid
@@ -47,7 +48,8 @@ SELECT pg_catalog.pg_describe_object(m.classid, m.objid, m.objsubid)
                                         || pg_catalog.format_type(a.atttypid, a.atttypmod)
                                         || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
                                         || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END
-                                        || coalesce(' default ' || pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), ''),
+                                        || coalesce(' default ' || pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), '')
+                                        || coalesce(' comment ' || pg_catalog.col_description(c.oid, a.attnum), ''),
                                         ', ' ORDER BY a.attnum)
                                FROM pg_catalog.pg_attribute a
                                LEFT JOIN pg_catalog.pg_attrdef ad
@@ -66,6 +68,7 @@ SELECT pg_catalog.pg_describe_object(m.classid, m.objid, m.objsubid)
   FROM members m
  UNION ALL
 SELECT 'extension ' || e.extname || ' ' || e.extversion
+       || E'\n  description: ' || coalesce(pg_catalog.obj_description(e.oid, 'pg_extension'), '-')
        || E'\n  relocatable: ' || e.extrelocatable
        || E'\n  dumped: ' || coalesce((
               SELECT pg_catalog.string_agg(c.oid::regclass::text || ' where ' || coalesce(w, '-'), ', '
@@ -112,8 +115,13 @@ else
     diff <(echo "$after") <(echo "$fresh") >&2 || true
 fi
 grep -q "^extension credential_rotate $CURRENT" <<<"$after" || fail "not at $CURRENT after the update"
-grep -q "description: Internal to credential_reencrypt" <<<"$after" ||
-    fail "the upgrade did not add the function descriptions"
+undescribed=$(q -d "$UPGRADED" -c "
+    SELECT pg_catalog.string_agg(d.objid::regprocedure::text, ', ')
+      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+     WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+       AND e.extname = 'credential_rotate' AND d.classid = 'pg_catalog.pg_proc'::regclass
+       AND pg_catalog.obj_description(d.objid, 'pg_proc') IS NULL")
+[ -z "$undescribed" ] || fail "routines without a description after the upgrade: $undescribed"
 
 # Data and behaviour after the upgrade.
 [ "$(q -d "$UPGRADED" -c "SELECT count(*) FROM credential_rotate_audit WHERE updated = 500")" = 1 ] ||
