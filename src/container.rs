@@ -75,7 +75,8 @@ impl<'a> Root<'a> {
         if header & JB_FOBJECT == 0 {
             return Some(Root::NotAnObject);
         }
-        if header & (JB_FARRAY | JB_FSCALAR) != 0 || header & 0x8000_0000 != 0 {
+        // A root object's header is its pair count and JB_FOBJECT, nothing else.
+        if header & !(JB_CMASK | JB_FOBJECT) != 0 {
             return None;
         }
         let pairs = (header & JB_CMASK) as usize;

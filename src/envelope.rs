@@ -370,14 +370,11 @@ impl Cipher {
         plaintext: &[u8],
     ) -> Result<Envelope, EnvelopeError> {
         let (sealed, encoded) = self.seal_parts(plaintext)?;
-        for (name, value) in encoded.fields() {
-            // Base64 is ASCII: the lossy conversion never changes a byte.
-            let value = String::from_utf8_lossy(value).into_owned();
-            fields.insert(
-                String::from_utf8_lossy(name).into_owned(),
-                Value::String(value),
-            );
-        }
+        // Base64 is ASCII: the lossy conversion never changes a byte.
+        let text = |part: &[u8]| Value::String(String::from_utf8_lossy(part).into_owned());
+        fields.insert(FIELD_IV.into(), text(encoded.iv()));
+        fields.insert(FIELD_CIPHERTEXT.into(), text(encoded.ciphertext()));
+        fields.insert(FIELD_TAG.into(), text(encoded.auth_tag()));
         Ok(Envelope { fields, sealed })
     }
 
@@ -748,12 +745,11 @@ mod tests {
             else {
                 panic!("expected a re-seal");
             };
-            let text = |b: &[u8]| std::str::from_utf8(b).unwrap().to_owned();
             let resealed = Sealed::decode(
                 Field::Str(ALGORITHM.as_bytes()),
-                Field::Str(text(parts.iv()).as_bytes()),
-                Field::Str(text(parts.ciphertext()).as_bytes()),
-                Field::Str(text(parts.auth_tag()).as_bytes()),
+                Field::Str(parts.iv()),
+                Field::Str(parts.ciphertext()),
+                Field::Str(parts.auth_tag()),
             )
             .unwrap();
             assert_eq!(
