@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark (not a test: it asserts nothing, it prints). Builds in release mode, starts a
+# Benchmark (not a test: it prints timings). Builds in release mode, starts a
 # throwaway cluster, seeds Freeboard-shaped rows sealed like the application (about 1% '{}'),
 # and measures in the same run, each round running all three in turn, reporting medians:
 #   floor     UPDATE credential_profiles SET secret = secret || '{}'::jsonb
@@ -7,8 +7,14 @@
 #   client    the runbook's client-side script (read all, re-seal in Node, one UPDATE per row),
 #             on a table of CLIENT_ROWS rows of its own
 # plus the peak private memory of the backend running a rotation at ROWS and at BIG_ROWS.
+# Every measured run must succeed and return the counts it must return (every row scanned,
+# every sealed row re-sealed, every row updated): otherwise the benchmark stops with an error
+# rather than print the time of a run that did not do the work.
 #   scripts/bench.sh [ROWS=100000] [ROUNDS=9] [CLIENT_ROWS=10000] [BIG_ROWS=1000000]
+#   (quick check: scripts/bench.sh 2000 3 500 5000)
+#   PG_MAJOR=17 scripts/bench.sh ...  runs against PostgreSQL 17 (any of 15 16 17 18; default 15)
 set -euo pipefail
+shopt -s inherit_errexit
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 ROWS=${1:-100000}
@@ -17,7 +23,7 @@ CLIENT_ROWS=${3:-10000}
 BIG_ROWS=${4:-1000000}
 PORT=${CREDENTIAL_ROTATE_BENCH_PORT:-54793}
 
-ensure_deps
+ensure_deps "$PG_MAJOR"
 install_extension release
 [ -d examples/node_modules/pg ] ||
     (cd examples && npm install --no-package-lock --no-audit --no-fund --silent)
@@ -27,15 +33,36 @@ createdb bench
 export PGDATABASE=bench
 KEY_1=$(node scripts/freeboard.mjs keygen)
 KEY_2=$(node scripts/freeboard.mjs keygen)
+# What a measured run printed; removed with the cluster.
+RESULT=$CLUSTER_DIR/bench-result
 
-# $1: table name, $2: rows. Freeboard's DDL and seed, under the given name.
+# Never echoes the statement: the rotation's holds both keys.
+bench_fail() {
+    printf '\nbench.sh: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# $1: what ran, $2: its exit status, $3: what it printed, $4: what it must print.
+check_run() {
+    [ "$2" -eq 0 ] || bench_fail "$1 exited with status $2"
+    [ "$3" = "$4" ] || bench_fail "$1 returned '$3', expected '$4'"
+}
+
+# $1: table name, $2: rows. Freeboard's DDL and seed, under the given name. Sets SEALED and
+# EMPTY: how many rows hold an envelope and how many '{}'.
 create_table() {
+    local counts
     psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION IF NOT EXISTS credential_rotate" \
         -c "DROP TABLE IF EXISTS $1" \
         -c "$(sed "s/TABLE credential_profiles/TABLE $1/" tests/freeboard/credential_profiles.sql)"
     CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$2" |
         sed "1s/^COPY credential_profiles /COPY $1 /" | psql -X -q -v ON_ERROR_STOP=1
     psql -X -q -c "VACUUM (ANALYZE) $1"
+    counts=$(psql -X -At -v ON_ERROR_STOP=1 \
+        -c "SELECT count(*), count(*) FILTER (WHERE secret = '{}'::jsonb) FROM $1")
+    [ "${counts%%|*}" = "$2" ] || bench_fail "seeding $1 gave ${counts%%|*} rows, not $2"
+    EMPTY=${counts#*|}
+    SEALED=$(($2 - EMPTY))
 }
 
 now() { date +%s.%N; }
@@ -48,31 +75,41 @@ settle() {
     psql -X -q -c "VACUUM $1" -c "CHECKPOINT"
 }
 
-# One timed statement on the main table, which is then settled.
+# One timed statement on the main table, which is then settled; its time into ELAPSED.
+# $1: its name in messages, $2: the statement, $3: what it must print (psql -At, command tags
+# included).
 timed() {
-    local t0 t1
+    local t0 t1 status=0
     t0=$(now)
-    psql -X -q -At -v ON_ERROR_STOP=1 -c "$1" >/dev/null
+    psql -X -At -v ON_ERROR_STOP=1 -c "$2" >"$RESULT" || status=$?
     t1=$(now)
+    check_run "$1" "$status" "$(cat "$RESULT")" "$3"
     settle credential_profiles
-    elapsed "$t0" "$t1"
+    ELAPSED=$(elapsed "$t0" "$t1")
 }
 
-# The runbook's client-side script on its own table, timed; vacuumed afterwards.
+# The runbook's client-side script on its own table, timed, then vacuumed; its time into
+# ELAPSED. It re-seals every row, '{}' included (as the runbook's script does), so every row
+# must be updated.
 client_run() {
-    local t0 t1
+    local t0 t1 status=0
     t0=$(now)
     # Over loopback TCP, as the script connects to DATABASE_URL: the most favourable network.
     DATABASE_URL="postgresql://postgres@127.0.0.1:$PGPORT/bench" \
         CREDENTIAL_ENCRYPTION_KEY_OLD=$1 CREDENTIAL_ENCRYPTION_KEY_NEW=$2 \
-        TABLE=credential_profiles_client node scripts/client-reencrypt.mjs >/dev/null
+        TABLE=credential_profiles_client node scripts/client-reencrypt.mjs >"$RESULT" || status=$?
     t1=$(now)
+    check_run "client-side script" "$status" "$(cat "$RESULT")" \
+        "scanned=$CLIENT_ROWS updated=$CLIENT_ROWS"
     settle credential_profiles_client
-    elapsed "$t0" "$t1"
+    ELAPSED=$(elapsed "$t0" "$t1")
 }
 
 log "seeding $ROWS rows, and $CLIENT_ROWS rows for the client-side script"
 create_table credential_profiles "$ROWS"
+# Every round: every row scanned, every sealed row re-sealed (the keys swap between rounds),
+# none already current, the '{}' rows counted as empty; the floor touches every row.
+rotation_counts="$ROWS|$SEALED|0|$EMPTY"
 create_table credential_profiles_client "$CLIENT_ROWS"
 # Each round runs all three, so that the machine's state at any moment weighs on all of them.
 floor_times=()
@@ -83,14 +120,20 @@ new=$KEY_2
 floor_sql="UPDATE credential_profiles SET secret = secret || '{}'::jsonb"
 for round in $(seq 1 "$ROUNDS"); do
     # Floor and rotation take turns going first.
+    rot_sql="SELECT * FROM credential_reencrypt('$old', '$new')"
     if [ $((round % 2)) -eq 1 ]; then
-        floor_times+=("$(timed "$floor_sql")")
-        rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
+        timed floor "$floor_sql" "UPDATE $ROWS"
+        floor_times+=("$ELAPSED")
+        timed rotation "$rot_sql" "$rotation_counts"
+        rot_times+=("$ELAPSED")
     else
-        rot_times+=("$(timed "SELECT * FROM credential_reencrypt('$old', '$new')")")
-        floor_times+=("$(timed "$floor_sql")")
+        timed rotation "$rot_sql" "$rotation_counts"
+        rot_times+=("$ELAPSED")
+        timed floor "$floor_sql" "UPDATE $ROWS"
+        floor_times+=("$ELAPSED")
     fi
-    client_times+=("$(client_run "$old" "$new")")
+    client_run "$old" "$new"
+    client_times+=("$ELAPSED")
     tmp=$old; old=$new; new=$tmp
     echo "round $round: floor ${floor_times[-1]} s, rotation ${rot_times[-1]} s, client ${client_times[-1]} s" >&2
 done
@@ -99,9 +142,10 @@ rot=$(printf '%s\n' "${rot_times[@]}" | median)
 client=$(printf '%s\n' "${client_times[@]}" | median)
 
 # Peak private (anonymous) memory of the backend while it rotates: sampled from /proc, so
-# shared buffers the backend touches are not counted.
+# shared buffers the backend touches are not counted. The rotation must return its counts
+# and finish, or the benchmark stops.
 peak_rotation_memory() {
-    local rows=$1 pid peak=0 kb
+    local rows=$1 pid peak=0 kb line result='' finished=no
     create_table credential_profiles "$rows"
     coproc PSQL { psql -X -q -At -v ON_ERROR_STOP=1; }
     echo "SELECT pg_backend_pid();" >&"${PSQL[1]}"
@@ -110,10 +154,15 @@ peak_rotation_memory() {
     while kill -0 "$PSQL_PID" 2>/dev/null; do
         kb=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
         [ "${kb:-0}" -gt "$peak" ] && peak=$kb
-        if read -r -t 0.05 line <&"${PSQL[0]}" && [ "$line" = done ]; then break; fi
+        if read -r -t 0.05 line <&"${PSQL[0]}"; then
+            [ "$line" = done ] && finished=yes && break
+            result=$line
+        fi
     done
     exec {PSQL[1]}>&-
     wait "$PSQL_PID" 2>/dev/null || true
+    [ "$finished" = yes ] || bench_fail "the rotation at $rows rows (memory run) did not finish"
+    check_run "the rotation at $rows rows (memory run)" 0 "$result" "$rows|$SEALED|0|$EMPTY"
     echo "$peak"
 }
 log "backend memory at $ROWS and $BIG_ROWS rows"

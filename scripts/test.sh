@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of credential_rotate on a fresh Debian 12 machine (installing what is
-# missing): formatting and lints, the Rust unit tests and #[pg_test]s, the pg_regress suite,
-# the isolation tests, the Node.js interop tests and the server-log hygiene check.
+# missing). On every supported PostgreSQL version: the Rust unit tests and #[pg_test]s, the
+# pg_regress suite, the isolation tests, the Node.js interop tests and the server-log hygiene
+# check. Once: formatting and lints, fuzzing, and on PostgreSQL 15 the faults, live writes,
+# hot standby and upgrade tests (README, "Supported PostgreSQL versions", says why).
+#   PG_VERSIONS="15 17" scripts/test.sh     narrows the run (default: all of 15 16 17 18);
+#                                           the PostgreSQL 15 once-only stages run when 15 is in
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
+read -ra VERSIONS <<<"${PG_VERSIONS:-$PG_SUPPORTED}"
 
 PORT=${CREDENTIAL_ROTATE_TEST_PORT:-54791}
 passed=0
@@ -29,10 +34,11 @@ lint() {
         cargo clippy --quiet --all-targets --features "pg15 pg_test" -- -D warnings
 }
 
+# cargo pgrx test pgNN builds with --no-default-features --features "pgNN pg_test" itself.
 pgrx_tests() {
-    local pgdata=/tmp/credential_rotate-pgrx-test
+    local pgdata=/tmp/credential_rotate-pgrx-test-$PG_MAJOR
     rm -rf "$pgdata"
-    cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
+    cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
 }
 
 # pg_regress or pg_isolation_regress ($1) over every test in $2/$3 (sql or specs).
@@ -70,7 +76,7 @@ log_hygiene() {
 # on demand: FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run <target> -s none directly.
 fuzz() {
     local target scratch status=0
-    for target in envelope container; do
+    for target in envelope container rotate; do
         # New inputs go to a scratch corpus (the first directory); the committed seeds stay.
         scratch=$(mktemp -d)
         echo "fuzz target $target:"
@@ -83,21 +89,47 @@ fuzz() {
     return "$status"
 }
 
-ensure_deps
-PG_LIBDIR=$("$PG_CONFIG" --pkglibdir)
+# Builds and installs the extension for PG_MAJOR and starts a test cluster of that version;
+# a failed build counts as a failed stage.
+start_test_cluster() {
+    if install_extension debug; then
+        cluster_start "$PORT"
+    else
+        stage "pg$PG_MAJOR: build and install the extension" false
+        return 1
+    fi
+}
+
+ensure_deps "${VERSIONS[@]}" || exit 1
 
 stage "cargo fmt and clippy" lint
-stage "Rust unit tests and #[pg_test]s (cargo pgrx test)" pgrx_tests
-install_extension debug
-cluster_start "$PORT"
-stage "pg_regress suite" regress
-[ -d tests/isolation/specs ] && stage "isolation tests" isolation
-stage "Node.js interop tests" node_interop
-stage "server log hygiene" log_hygiene
-stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
-stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
-stage "hot standby reader during a rotation" bash tests/hot_standby.sh
-stage "upgrade from the previous release (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
+
+# On every version in PG_VERSIONS. Stage names start with "pgNN:".
+for version in "${VERSIONS[@]}"; do
+    use_pg "$version" || exit 1
+    PG_LIBDIR=$("$PG_CONFIG" --pkglibdir)
+    stage "pg$version: Rust unit tests and #[pg_test]s (cargo pgrx test)" pgrx_tests
+    start_test_cluster || continue
+    stage "pg$version: pg_regress suite" regress
+    stage "pg$version: isolation tests" isolation
+    stage "pg$version: Node.js interop tests" node_interop
+    stage "pg$version: server log hygiene" log_hygiene
+    cluster_stop
+done
+
+# Once, on PostgreSQL 15 (Debian 12's own): skipped when PG_VERSIONS leaves 15 out.
+if [[ " ${VERSIONS[*]} " == *" 15 "* ]]; then
+    use_pg 15
+    if start_test_cluster; then
+        stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
+        stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
+        stage "hot standby reader during a rotation" bash tests/hot_standby.sh
+        stage "upgrade from the previous release (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
+        cluster_stop
+    fi
+fi
+
+# Once, whatever the server version.
 stage "fuzzing the envelope parser, opener, key parser and jsonb layout reader" fuzz
 
 if [ "$failed" -gt 0 ]; then

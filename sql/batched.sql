@@ -21,6 +21,7 @@ DECLARE
     rel regclass;
     blocks bigint;
     rows_per_block bigint;
+    sample bigint;
     step bigint;
     first_block bigint := 0;
     batch integer := 0;
@@ -39,11 +40,20 @@ BEGIN
     -- A partitioned parent has no blocks of its own: it goes straight to the final pass.
     blocks := coalesce(pg_catalog.pg_relation_size(rel)
                        / pg_catalog.current_setting('block_size')::pg_catalog.int8, 0);
-    SELECT greatest(1, pg_catalog.round(c.reltuples::pg_catalog.float8
-                                        / greatest(c.relpages, 1)::pg_catalog.float8))::pg_catalog.int8
+    SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
+                THEN pg_catalog.round(c.reltuples::pg_catalog.float8 / c.relpages::pg_catalog.float8)::pg_catalog.int8
+           END
       INTO rows_per_block
       FROM pg_catalog.pg_class c WHERE c.oid = rel;
-    step := greatest(1, batch_rows::pg_catalog.int8 / coalesce(rows_per_block, 1));
+    IF rows_per_block IS NULL AND blocks > 0 THEN
+        -- Never analysed (reltuples = -1): count the rows of the first blocks instead, with a
+        -- TID range scan that reads only those blocks.
+        sample := least(blocks, 64);
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s WHERE ctid < $1', rel)
+           INTO rows_per_block USING pg_catalog.format('(%s,0)', sample)::pg_catalog.tid;
+        rows_per_block := (rows_per_block + sample - 1) / sample;
+    END IF;
+    step := greatest(1, batch_rows::pg_catalog.int8 / greatest(coalesce(rows_per_block, 1), 1));
     WHILE first_block < blocks LOOP
         SELECT * INTO r FROM @extschema@._credential_reencrypt_blocks(
             old_key, new_key, target_table, secret_column, first_block, first_block + step);
@@ -54,7 +64,9 @@ BEGIN
             batch, first_block, least(first_block + step, blocks) - 1, blocks, r.updated, r.already_current, r.empty;
         first_block := first_block + step;
     END LOOP;
-    SELECT * INTO r FROM @extschema@.credential_reencrypt(old_key, new_key, target_table, secret_column);
+    -- The final pass: the whole table in one atomic call (NULL block bounds).
+    SELECT * INTO r FROM @extschema@._credential_reencrypt_blocks(
+        old_key, new_key, target_table, secret_column, NULL, NULL);
     COMMIT;
     RAISE NOTICE 'credential_reencrypt_batched: final pass over % rows: % re-sealed, % already current, % empty; % re-sealed in all',
         r.scanned, r.updated, r.already_current, r.empty, total_updated + r.updated;

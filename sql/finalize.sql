@@ -17,3 +17,22 @@ BEGIN
     END LOOP;
 END
 $$;
+-- ...except the internal helpers, which do nothing on their own, so that a rotation role
+-- needs EXECUTE only on the functions it calls by name (README, "Privileges"):
+-- - the per-row helpers and _credential_audit_append raise unless a credential_reencrypt or
+--   credential_verify call of the same backend, in the same (sub)transaction, is running or
+--   has just handed them its state; they never take a key;
+-- - _credential_check_keys only checks two keys and reads or writes nothing;
+-- - _credential_reencrypt_blocks refuses unless the caller may execute
+--   credential_reencrypt_batched.
+GRANT EXECUTE ON FUNCTION
+    _credential_reencrypt_row(oid, tid, text),
+    _credential_reencrypt_row_jsonb(oid, tid, jsonb),
+    _credential_reencrypt_take(tid),
+    _credential_reencrypt_take_jsonb(tid, jsonb),
+    _credential_status(text),
+    _credential_status_jsonb(jsonb),
+    _credential_audit_append(),
+    _credential_check_keys(text, text),
+    _credential_reencrypt_blocks(text, text, text, text, bigint, bigint)
+  TO PUBLIC;

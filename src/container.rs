@@ -139,7 +139,7 @@ impl<'a> Object<'a> {
     }
 
     /// The keys and values side by side, each as its type and bytes.
-    fn pairs(&self) -> impl Iterator<Item = (&Entry<'a>, &Entry<'a>)> + '_ {
+    pub fn pairs(&self) -> impl Iterator<Item = (&Entry<'a>, &Entry<'a>)> + '_ {
         let (keys, values) = self.entries.split_at(self.pairs.min(self.entries.len()));
         keys.iter().zip(values)
     }

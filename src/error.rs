@@ -37,6 +37,12 @@ pub enum Error {
         column: String,
         found: String,
     },
+    #[error("row-level security is active on {0} for the current role: a rotation or verification must see every row")]
+    RowSecurity(String),
+    #[error("relation {0} was renamed or replaced while the call waited for its lock")]
+    ConcurrentChange(String),
+    #[error("permission denied for procedure {0}")]
+    PermissionDenied(&'static str),
     #[error("relation {0} has no primary key")]
     NoPrimaryKey(String),
     #[error("cannot re-encrypt row {pk} of {table}: {reason}")]
@@ -83,6 +89,9 @@ impl Error {
                 ERRCODE_DATATYPE_MISMATCH
             }
             Error::NoPrimaryKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::RowSecurity(_) | Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            // The caller's name no longer denotes the table it resolved: retrying is right.
+            Error::ConcurrentChange(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
             Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             Error::NotInCall(_) | Error::Nested => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -99,6 +108,10 @@ impl Error {
             Error::InvalidKey { .. } => Some(
                 "A key is the standard base64 of 32 random bytes, as credential_generate_key() returns.",
             ),
+            Error::RowSecurity(_) => Some(
+                "Nothing was read or changed. Run it as the table's owner (unless the table has FORCE ROW LEVEL SECURITY), as a role with BYPASSRLS, or as a superuser.",
+            ),
+            Error::ConcurrentChange(_) => Some("Nothing was changed. Call it again."),
             Error::IsolationLevel => Some(
                 "Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot predates the table lock, so rows written while waiting for it would be missed. Use BEGIN ISOLATION LEVEL READ COMMITTED (or a dry run).",
             ),

@@ -32,6 +32,7 @@ fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
 /// (as `JSON.stringify` writes it) under `key`.
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
 fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> Option<JsonB> {
+    hygiene::mark_statement();
     let text = Zeroizing::new(plaintext?.to_text());
     // jsonb_out writes `{"a": 1}`; the application seals JSON.stringify's `{"a":1}`.
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -60,15 +61,23 @@ fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<String> {
 
 /// Opens an envelope to the exact plaintext text the application sealed. `{}` (no secret
 /// stored) gives NULL.
-#[pg_extern(immutable, parallel_safe, name = "credential_decrypt")]
+///
+/// VOLATILE although its result depends only on its arguments: an IMMUTABLE (or STABLE)
+/// function returning plaintext could be put in an expression index, a generated column or
+/// extended statistics, or be folded into a plan at planning time, storing plaintext and the
+/// key's use in the catalog or on disk. VOLATILE rules all of that out.
+#[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
 fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Option<String> {
+    // First: an envelope refused below must not leave the key-bearing statement unmarked.
+    hygiene::mark_statement();
     // SAFETY: the argument is declared jsonb.
     let sealed = unsafe { envelope?.sealed() }.or_report();
     open(sealed, key)
 }
 
-#[pg_extern(immutable, parallel_safe, name = "credential_decrypt")]
+#[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
 fn credential_decrypt_text(envelope: Option<&str>, key: Option<&str>) -> Option<String> {
+    hygiene::mark_statement();
     let sealed = match Secret::parse(envelope?).or_report() {
         Secret::Empty => None,
         Secret::Sealed(envelope) => Some(envelope.into_sealed()),
@@ -78,7 +87,8 @@ fn credential_decrypt_text(envelope: Option<&str>, key: Option<&str>) -> Option<
 
 /// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
 /// as one whose text holds keys. For callers written in SQL, before they do anything else.
-#[pg_extern(immutable, parallel_safe)]
+/// VOLATILE: marking the statement is a side effect the planner must not fold away or skip.
+#[pg_extern(volatile, parallel_safe)]
 fn _credential_check_keys(old_key: Option<&str>, new_key: Option<&str>) -> bool {
     hygiene::mark_statement();
     let old = parse_key("old_key", old_key).or_report();

@@ -2,13 +2,17 @@
 //! inside PostgreSQL, in the caller's transaction.
 //!
 //! - [`envelope`] and [`key`]: the application's format and its cryptography, plain Rust.
+//! - [`container`]: the pure reader and splice of a stored jsonb container; [`jsonb`] feeds
+//!   it a datum.
 //! - [`error`]: the one error type and its SQLSTATEs.
-//! - [`functions`], [`rotate`], [`target`]: the SQL surface.
+//! - [`functions`], [`rotate`], [`target`]: the SQL surface; [`call`]: the per-call state the
+//!   row helpers share, wiped on every exit path.
 //! - [`hygiene`]: keeping keys out of the server log.
 
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+pub mod call;
 pub mod container;
 pub mod envelope;
 pub mod error;
@@ -67,6 +71,7 @@ pub static PROGRESS_ROWS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hygiene::install();
+    call::register_callbacks();
     GucRegistry::define_int_guc(
         c"credential_rotate.progress_rows",
         c"Rows between two progress NOTICEs of credential_reencrypt; 0 disables them.",

@@ -15,98 +15,17 @@
 //! that are empty or already current fail the qual and are not rewritten at all. Rows are
 //! streamed by the executor, never collected.
 
-use std::cell::RefCell;
-use std::time::Instant;
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 
-use crate::envelope::{
-    Cipher, EncodedParts, EnvelopeError, PartsRotation, Rotation, Rotator, Status,
-};
+use crate::call::{self, ActiveCall, AuditRecord, Counts, Stashed, Work};
+use crate::envelope::{Cipher, EnvelopeError, PartsRotation, Rotation, Rotator, Status};
 use crate::error::{Error, OrReport};
 use crate::functions::parse_key;
 use crate::hygiene;
 use crate::jsonb::RawJsonb;
-use crate::target::{ColumnType, Target};
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    scanned: i64,
-    updated: i64,
-    already_current: i64,
-    empty: i64,
-}
-
-enum Work {
-    Rotate {
-        rotator: Box<Rotator>,
-        dry_run: bool,
-    },
-    Verify {
-        cipher: Box<Cipher>,
-    },
-}
-
-enum Stashed {
-    /// A whole envelope as JSON text (json and text columns).
-    Text(String),
-    /// The three re-sealed fields, merged into the stored jsonb with `||`.
-    Parts(EncodedParts),
-}
-
-struct ActiveCall {
-    work: Work,
-    target: Target,
-    counts: Counts,
-    /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
-    stash: Option<(pg_sys::ItemPointerData, Stashed)>,
-    started: Instant,
-    /// Rows between progress NOTICEs, 0 for none.
-    progress_every: i64,
-}
-
-thread_local! {
-    static ACTIVE: RefCell<Option<ActiveCall>> = const { RefCell::new(None) };
-}
-
-/// Owns the active call for the duration of one top-level function call. Dropping it — on
-/// return or while an ERROR unwinds — removes the keys from the backend, and the ciphers'
-/// key schedules are wiped as they drop.
-struct ActiveGuard;
-
-impl ActiveGuard {
-    fn install(work: Work, target: Target) -> Result<ActiveGuard, Error> {
-        ACTIVE.with(|a| {
-            let mut slot = a.borrow_mut();
-            if slot.is_some() {
-                return Err(Error::Nested);
-            }
-            *slot = Some(ActiveCall {
-                work,
-                target,
-                counts: Counts::default(),
-                stash: None,
-                started: Instant::now(),
-                progress_every: i64::from(crate::PROGRESS_ROWS.get()),
-            });
-            Ok(ActiveGuard)
-        })
-    }
-
-    fn counts(&self) -> Counts {
-        ACTIVE.with(|a| a.borrow().as_ref().map(|c| c.counts).unwrap_or_default())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        ACTIVE.with(|a| {
-            if let Ok(mut slot) = a.try_borrow_mut() {
-                slot.take();
-            }
-        });
-    }
-}
+use crate::target::{ColumnType, Lock, Target};
 
 /// Re-encrypts every secret of the target column from `old_key` to `new_key`, in place, in
 /// the caller's transaction.
@@ -127,27 +46,34 @@ fn credential_reencrypt(
         name!(empty, i64),
     ),
 > {
-    let options = Options {
-        dry_run: dry_run.ok_or(Error::NullArgument("dry_run")).or_report(),
-        touch_updated_at: touch_updated_at
-            .ok_or(Error::NullArgument("touch_updated_at"))
-            .or_report(),
-        blocks: None,
-    };
-    let c = rotate(old_key, new_key, target_table, secret_column, options);
+    hygiene::mark_statement();
+    let c = (|| {
+        let options = Options {
+            dry_run: dry_run.ok_or(Error::NullArgument("dry_run"))?,
+            touch_updated_at: touch_updated_at.ok_or(Error::NullArgument("touch_updated_at"))?,
+            blocks: None,
+        };
+        rotate(old_key, new_key, target_table, secret_column, options)
+    })()
+    .or_report();
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
 }
 
 /// One batch of `credential_reencrypt_batched`: the rows stored in heap blocks
-/// `[first_block, end_block)`, found with a TID range scan.
+/// `[first_block, end_block)`, found with a TID range scan; both NULL for the whole table
+/// (the procedure's final pass).
+///
+/// Executable by PUBLIC, but it refuses unless the caller may execute
+/// `credential_reencrypt_batched`: a rotation role is granted the procedure it uses, not the
+/// procedure's internals.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn _credential_reencrypt_blocks(
     old_key: Option<&str>,
     new_key: Option<&str>,
     target_table: Option<&str>,
     secret_column: Option<&str>,
-    first_block: i64,
-    end_block: i64,
+    first_block: Option<i64>,
+    end_block: Option<i64>,
 ) -> TableIterator<
     'static,
     (
@@ -157,13 +83,47 @@ fn _credential_reencrypt_blocks(
         name!(empty, i64),
     ),
 > {
-    let options = Options {
-        dry_run: false,
-        touch_updated_at: false,
-        blocks: Some((first_block, end_block)),
-    };
-    let c = rotate(old_key, new_key, target_table, secret_column, options);
+    hygiene::mark_statement();
+    let c = (|| {
+        may_execute_batched()?;
+        let blocks = match (first_block, end_block) {
+            (Some(first), Some(end)) => Some((first, end)),
+            (None, None) => None,
+            (None, Some(_)) => return Err(Error::NullArgument("first_block")),
+            (Some(_), None) => return Err(Error::NullArgument("end_block")),
+        };
+        let options = Options {
+            dry_run: false,
+            touch_updated_at: false,
+            blocks,
+        };
+        rotate(old_key, new_key, target_table, secret_column, options)
+    })()
+    .or_report();
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
+}
+
+/// Whether the current role may execute `credential_reencrypt_batched` of this extension.
+fn may_execute_batched() -> Result<(), Error> {
+    let allowed = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                   FROM pg_catalog.pg_proc p
+                   JOIN pg_catalog.pg_extension e ON e.extnamespace = p.pronamespace
+                  WHERE e.extname = 'credential_rotate'
+                    AND p.proname = 'credential_reencrypt_batched'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()
+    })?;
+    if allowed == Some(true) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied("credential_reencrypt_batched"))
+    }
 }
 
 struct Options {
@@ -179,19 +139,14 @@ fn rotate(
     target_table: Option<&str>,
     secret_column: Option<&str>,
     options: Options,
-) -> Counts {
-    hygiene::mark_statement();
-    let old = parse_key("old_key", old_key).or_report();
-    let new = parse_key("new_key", new_key).or_report();
+) -> Result<Counts, Error> {
+    let old = parse_key("old_key", old_key)?;
+    let new = parse_key("new_key", new_key)?;
     if old == new {
-        Error::SameKey.report();
+        return Err(Error::SameKey);
     }
-    let table = target_table
-        .ok_or(Error::NullArgument("target_table"))
-        .or_report();
-    let column = secret_column
-        .ok_or(Error::NullArgument("secret_column"))
-        .or_report();
+    let table = target_table.ok_or(Error::NullArgument("target_table"))?;
+    let column = secret_column.ok_or(Error::NullArgument("secret_column"))?;
     let Options {
         dry_run,
         touch_updated_at: touch,
@@ -202,22 +157,24 @@ fn rotate(
     // waited for the lock would be invisible to the rotation and silently stay behind.
     // SAFETY: reads a backend-local setting.
     if !dry_run && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        Error::IsolationLevel.report();
+        return Err(Error::IsolationLevel);
     }
-    let rotator = Box::new(Rotator::new(&old, &new));
+    let rotator = Rc::new(Rotator::new(&old, &new));
     let fingerprints = (old.fingerprint(), new.fingerprint());
     drop((old, new));
 
     Spi::connect_mut(|client| -> Result<Counts, Error> {
-        let target = Target::resolve(client, table, column)?;
+        let lock = if dry_run {
+            Lock::AccessShare
+        } else {
+            Lock::ShareRowExclusive
+        };
+        let target = Rc::new(Target::resolve(client, table, column, lock)?);
         let touch_column = if touch {
             Some(target.timestamp_column(client, "updated_at")?)
         } else {
             None
         };
-        let relation = target.relation.clone();
-        let ext_schema = target.ext_schema.clone();
-        let column_name = target.column.clone();
         // The block range goes first so that the planner picks a TID range scan.
         let (range, range_args) = match blocks {
             Some((first, end)) => (
@@ -269,17 +226,7 @@ fn rotate(
                 )
             }
         };
-        if !dry_run {
-            // Readers go on; writers wait for our commit, so no row can be written under the
-            // old key behind the scan; a second rotation waits for the first. Honours
-            // lock_timeout like any LOCK.
-            client.update(
-                &format!("LOCK TABLE {relation} IN SHARE ROW EXCLUSIVE MODE"),
-                None,
-                &[],
-            )?;
-        }
-        let guard = ActiveGuard::install(Work::Rotate { rotator, dry_run }, target)?;
+        let guard = call::install(Work::Rotate { rotator, dry_run }, Rc::clone(&target))?;
         let args: Vec<pgrx::datum::DatumWithOid> =
             range_args.iter().map(|a| a.as_str().into()).collect();
         let processed = client.update(&statement, None, &args)?.len() as i64;
@@ -290,7 +237,7 @@ fn rotate(
         }
         if processed != counts.updated {
             return Err(Error::RowsSkipped {
-                table: relation,
+                table: target.relation.clone(),
                 skipped: counts.updated - processed,
             });
         }
@@ -299,52 +246,32 @@ fn rotate(
             .first()
             .get_one::<String>()?
             .unwrap_or_default();
-        PENDING_AUDIT.with(|p| {
-            p.replace(Some(AuditRecord {
-                ext_schema: ext_schema.clone(),
-                rotated_by,
-                target_table: relation,
-                secret_column: column_name,
-                counts,
-                old_fingerprint: fingerprints.0,
-                new_fingerprint: fingerprints.1,
-            }))
+        let _pending = call::set_pending_audit(AuditRecord {
+            ext_schema: target.ext_schema.clone(),
+            rotated_by,
+            target_table: target.relation.clone(),
+            secret_column: target.column.clone(),
+            counts,
+            old_fingerprint: fingerprints.0,
+            new_fingerprint: fingerprints.1,
         });
         client.update(
-            &format!("SELECT {ext_schema}._credential_audit_append()"),
+            &format!("SELECT {}._credential_audit_append()", target.ext_schema),
             None,
             &[],
         )?;
         Ok(counts)
     })
-    .or_report()
-}
-
-/// What the audit row of a finished rotation records, handed from `rotate` to the
-/// SECURITY DEFINER `_credential_audit_append` through backend-local state rather than as
-/// arguments, so that a role allowed to call it cannot write an audit row of its own making.
-struct AuditRecord {
-    ext_schema: String,
-    rotated_by: String,
-    target_table: String,
-    secret_column: String,
-    counts: Counts,
-    old_fingerprint: String,
-    new_fingerprint: String,
-}
-
-thread_local! {
-    static PENDING_AUDIT: RefCell<Option<AuditRecord>> = const { RefCell::new(None) };
 }
 
 /// Appends the audit row of the rotation that has just finished in this backend; refuses to
 /// do anything else. Runs as the extension's owner so that rotation roles need no privilege on
-/// the audit table.
+/// the audit table. Executable by PUBLIC: without a rotation of the same backend waiting for
+/// it, in the same (sub)transaction, it only raises.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn _credential_audit_append() -> bool {
-    let record = PENDING_AUDIT
-        .with(|p| p.borrow_mut().take())
+    let record = call::take_pending_audit()
         .ok_or(Error::NotInCall("_credential_audit_append"))
         .or_report();
     Spi::connect_mut(|client| {
@@ -384,26 +311,26 @@ enum RowOutcome {
     Rewrite(Option<Stashed>),
 }
 
-/// The bookkeeping shared by both quals: find the active rotation, count the row, report
-/// progress, stash the re-sealed value, and raise the row's error naming it.
+/// The bookkeeping shared by both quals: find the active rotation, decide the row (with no
+/// borrow of the call state live: reading the value may call Postgres), count it, stash the
+/// re-sealed value, then, with the borrow released again, report progress or raise the row's
+/// error naming it.
 fn rotation_row(
     helper: &'static str,
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
     decide: impl FnOnce(&Rotator, bool) -> Result<RowOutcome, EnvelopeError>,
 ) -> bool {
-    let outcome = ACTIVE.with(|a| -> Result<Result<bool, EnvelopeError>, Error> {
-        let mut slot = a.borrow_mut();
-        let call = slot.as_mut().ok_or(Error::NotInCall(helper))?;
-        let Work::Rotate { rotator, dry_run } = &call.work else {
-            return Err(Error::NotInCall(helper));
-        };
-        let decided = decide(rotator, !*dry_run);
+    let (rotator, reseal) = call::with_active(helper, |call| match &call.work {
+        Work::Rotate { rotator, dry_run } => Ok((Rc::clone(rotator), !*dry_run)),
+        Work::Verify { .. } => Err(Error::NotInCall(helper)),
+    })
+    .or_report();
+    let decided = decide(&rotator, reseal);
+    drop(rotator);
+    let (update, progress) = call::with_active(helper, |call| {
         call.counts.scanned += 1;
-        if call.progress_every > 0 && call.counts.scanned % call.progress_every == 0 {
-            report_progress(call);
-        }
-        Ok(match decided {
+        let update = match decided {
             Ok(RowOutcome::Empty) => {
                 call.counts.empty += 1;
                 Ok(false)
@@ -417,12 +344,19 @@ fn rotation_row(
                 call.stash = stashed.map(|value| (ctid, value));
                 Ok(true)
             }
-            Err(reason) => Err(reason),
-        })
-    });
-    match outcome.or_report() {
+            Err(reason) => Err((reason, Rc::clone(&call.target))),
+        };
+        let progress = (call.progress_every > 0 && call.counts.scanned % call.progress_every == 0)
+            .then(|| progress_notice(call));
+        Ok((update, progress))
+    })
+    .or_report();
+    if let Some(notice) = progress {
+        notice.report();
+    }
+    match update {
         Ok(update) => update,
-        Err(reason) => report_row_error(tableoid, ctid, reason),
+        Err((reason, target)) => report_row_error(&target, tableoid, ctid, reason),
     }
 }
 
@@ -480,50 +414,69 @@ fn _credential_reencrypt_row_jsonb(
     )
 }
 
+/// Takes the value the qual stashed for this row. The executor evaluates a scan's qual and
+/// target list for one tuple before it reads the next; anything else would pair a row with
+/// another row's secret, so a mismatch is refused.
+fn take_stashed(helper: &'static str, ctid: pg_sys::ItemPointerData) -> Result<Stashed, Error> {
+    call::with_active(helper, |call| match call.stash.take() {
+        Some((stashed, value)) if same_tid(stashed, ctid) => Ok(value),
+        _ => Err(Error::Internal(
+            "re-sealed envelope does not belong to the row being updated".into(),
+        )),
+    })
+}
+
 /// The target list of a jsonb rotation: the stored envelope with the three fields
 /// `_credential_reencrypt_row_jsonb` just re-sealed for this row, every other field kept.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJsonb) -> RawJsonb {
-    let parts = ACTIVE
-        .with(|a| -> Result<EncodedParts, Error> {
-            let mut slot = a.borrow_mut();
-            let call = slot
-                .as_mut()
-                .ok_or(Error::NotInCall("_credential_reencrypt_take_jsonb"))?;
-            match call.stash.take() {
-                Some((stashed, Stashed::Parts(parts))) if same_tid(stashed, ctid) => Ok(parts),
-                _ => Err(Error::Internal(
-                    "re-sealed envelope does not belong to the row being updated".into(),
-                )),
-            }
-        })
-        .or_report();
+    let parts = match take_stashed("_credential_reencrypt_take_jsonb", ctid) {
+        Ok(Stashed::Parts(parts)) => parts,
+        Ok(Stashed::Text(_)) => {
+            Error::Internal("a text envelope stashed for a jsonb row".into()).report()
+        }
+        Err(e) => e.report(),
+    };
     // SAFETY: the qual decoded all three fields from this same value of this same row.
     unsafe { secret.with_parts(&parts) }
 }
 
+/// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> String {
+    match take_stashed("_credential_reencrypt_take", ctid) {
+        Ok(Stashed::Text(envelope)) => envelope,
+        Ok(Stashed::Parts(_)) => {
+            Error::Internal("jsonb parts stashed for a text row".into()).report()
+        }
+        Err(e) => e.report(),
+    }
+}
+
 /// Raises the ERROR for a row that cannot be rotated, naming it by primary key.
 fn report_row_error(
+    target: &Target,
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
     reason: EnvelopeError,
 ) -> ! {
-    // Outside any borrow of the active call: describing the row runs a query.
-    let target = ACTIVE
-        .with(|a| a.borrow().as_ref().map(|c| c.target.clone()))
-        .ok_or(Error::NotInCall("_credential_reencrypt_row"))
-        .or_report();
     Error::Row {
         pk: target.describe_row(tableoid, ctid),
-        table: target.relation,
+        table: target.relation.clone(),
         reason,
     }
     .report()
 }
 
-/// A progress NOTICE: rows and the estimated total in the message, the rate in the DETAIL
-/// (kept apart so that the message itself is stable enough for a test to match).
-fn report_progress(call: &ActiveCall) {
+/// A progress NOTICE, built under the borrow of the call state and emitted after it.
+struct ProgressNotice {
+    message: String,
+    detail: String,
+}
+
+/// Rows and the estimated total in the message, the rate in the DETAIL (kept apart so that
+/// the message itself is stable enough for a test to match).
+fn progress_notice(call: &ActiveCall) -> ProgressNotice {
     let scanned = call.counts.scanned;
     let message = match call.target.estimated_rows {
         Some(total) => format!(
@@ -541,34 +494,25 @@ fn report_progress(call: &ActiveCall) {
         call.counts.updated,
         scanned as f64 / seconds
     );
-    pgrx::pg_sys::panic::ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        message,
-        "credential_rotate",
-    )
-    .set_detail(detail)
-    .report(PgLogLevel::NOTICE);
+    ProgressNotice { message, detail }
 }
 
-/// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> String {
-    ACTIVE
-        .with(|a| -> Result<String, Error> {
-            let mut slot = a.borrow_mut();
-            let call = slot
-                .as_mut()
-                .ok_or(Error::NotInCall("_credential_reencrypt_take"))?;
-            match call.stash.take() {
-                Some((stashed, Stashed::Text(envelope))) if same_tid(stashed, ctid) => Ok(envelope),
-                // The executor evaluates a scan's qual and target list for one tuple before it
-                // reads the next; anything else would pair a row with another row's secret.
-                _ => Err(Error::Internal(
-                    "re-sealed envelope does not belong to the row being updated".into(),
-                )),
-            }
-        })
-        .or_report()
+impl ProgressNotice {
+    fn report(self) {
+        let report = pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            self.message,
+            "credential_rotate",
+        )
+        .set_detail(self.detail);
+        // errfinish() runs CHECK_FOR_INTERRUPTS after a NOTICE: a cancel or statement_timeout
+        // arriving then raises from inside it. pgrx's NOTICE path is not guarded, so without
+        // the boundary that ERROR would longjmp over our Rust frames; with it, it unwinds them.
+        // SAFETY: called on the backend's main thread, from a function pgrx guards.
+        unsafe {
+            pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| report.report(PgLogLevel::NOTICE));
+        }
+    }
 }
 
 /// Counts how the secrets of the target column fare against `key`. Changes nothing.
@@ -653,23 +597,21 @@ fn with_verify_call<R>(
     key: Option<&str>,
     target_table: Option<&str>,
     secret_column: Option<&str>,
-    body: impl FnOnce(&pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
+    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
 ) -> R {
     hygiene::mark_statement();
-    let key = parse_key("key", key).or_report();
-    let table = target_table
-        .ok_or(Error::NullArgument("target_table"))
-        .or_report();
-    let column = secret_column
-        .ok_or(Error::NullArgument("secret_column"))
-        .or_report();
-    let cipher = Box::new(Cipher::new(&key));
-    drop(key);
-    Spi::connect(|client| -> Result<R, Error> {
-        let target = Target::resolve(client, table, column)?;
-        let _guard = ActiveGuard::install(Work::Verify { cipher }, target.clone())?;
-        body(client, &target)
-    })
+    (|| {
+        let key = parse_key("key", key)?;
+        let table = target_table.ok_or(Error::NullArgument("target_table"))?;
+        let column = secret_column.ok_or(Error::NullArgument("secret_column"))?;
+        let cipher = Rc::new(Cipher::new(&key));
+        drop(key);
+        Spi::connect_mut(|client| -> Result<R, Error> {
+            let target = Rc::new(Target::resolve(client, table, column, Lock::AccessShare)?);
+            let _guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
+            body(client, &target)
+        })
+    })()
     .or_report()
 }
 
@@ -708,23 +650,23 @@ fn _credential_status_jsonb(secret: Option<RawJsonb>) -> String {
     })
 }
 
+/// Classifies one row under the active verification's key, with no borrow of the call state
+/// live while `status` runs (reading the value may call Postgres).
 fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Status) -> String {
-    ACTIVE
-        .with(|a| -> Result<String, Error> {
-            let mut slot = a.borrow_mut();
-            let call = slot.as_mut().ok_or(Error::NotInCall(helper))?;
-            let Work::Verify { cipher } = &call.work else {
-                return Err(Error::NotInCall(helper));
-            };
+    let cipher = call::with_active(helper, |call| match &call.work {
+        Work::Verify { cipher } => {
             call.counts.scanned += 1;
-            Ok(match status(cipher) {
-                Status::Empty => "empty".into(),
-                Status::Readable => "readable".into(),
-                Status::NotReadable => "not_readable".into(),
-                Status::Malformed(reason) => reason.to_string(),
-            })
-        })
-        .or_report()
+            Ok(Rc::clone(cipher))
+        }
+        Work::Rotate { .. } => Err(Error::NotInCall(helper)),
+    })
+    .or_report();
+    match status(&cipher) {
+        Status::Empty => "empty".into(),
+        Status::Readable => "readable".into(),
+        Status::NotReadable => "not_readable".into(),
+        Status::Malformed(reason) => reason.to_string(),
+    }
 }
 
 /// Per-row status under the active `credential_verify` key: `empty`, `readable`,

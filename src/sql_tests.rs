@@ -25,12 +25,15 @@ mod tests {
     }
 
     /// Runs `sql` in a subtransaction; returns `SQLSTATE: message` if it failed.
+    /// Created once per session, so that it also works after a test's `SET ROLE`.
     fn try_sql(sql: &str) -> Option<String> {
-        run(
-            "CREATE OR REPLACE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
-             BEGIN EXECUTE q; RETURN NULL;
-             EXCEPTION WHEN others THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
-        );
+        run("DO $do$ BEGIN
+               IF pg_catalog.to_regprocedure('pg_temp.try_sql(text)') IS NULL THEN
+                 CREATE FUNCTION pg_temp.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
+                 BEGIN EXECUTE q; RETURN NULL;
+                 EXCEPTION WHEN others THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;
+               END IF;
+             END $do$");
         one::<String>(&format!("SELECT pg_temp.try_sql({})", quote(sql)))
     }
 
@@ -731,15 +734,326 @@ mod tests {
         assert_eq!(distinct, Some(20));
     }
 
+    /// The helpers PUBLIC may execute; everything else needs a grant.
+    const PUBLIC_HELPERS: [&str; 9] = [
+        "_credential_audit_append()",
+        "_credential_check_keys(text,text)",
+        "_credential_reencrypt_blocks(text,text,text,text,bigint,bigint)",
+        "_credential_reencrypt_row(oid,tid,text)",
+        "_credential_reencrypt_row_jsonb(oid,tid,jsonb)",
+        "_credential_reencrypt_take(tid)",
+        "_credential_reencrypt_take_jsonb(tid,jsonb)",
+        "_credential_status(text)",
+        "_credential_status_jsonb(jsonb)",
+    ];
+
     #[pg_test]
-    fn nothing_is_executable_by_public() {
-        let public_exec = one::<i64>(
-            "SELECT count(*) FROM pg_proc p
+    fn only_the_internal_helpers_are_executable_by_public_and_they_act_only_inside_a_call() {
+        let public_exec = one::<String>(
+            "SELECT string_agg(replace(p.oid::regprocedure::text, ' ', ''), ' ' ORDER BY 1)
+               FROM pg_proc p
                JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
                JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credential_rotate'
               WHERE has_function_privilege('public', p.oid, 'EXECUTE')",
         );
-        assert_eq!(public_exec, Some(0));
+        assert_eq!(
+            public_exec.as_deref(),
+            Some(PUBLIC_HELPERS.join(" ").as_str())
+        );
+        // A role with no grant at all, on a table it may read and write.
+        create_profiles("rot_pub");
+        seed("rot_pub", 3, 0, KEY_A);
+        run("CREATE ROLE nobody_special NOLOGIN");
+        run("GRANT SELECT, UPDATE ON rot_pub TO nobody_special");
+        let before = snapshot("rot_pub");
+        run("SET ROLE nobody_special");
+        for call in [
+            "SELECT _credential_reencrypt_row('rot_pub'::regclass, '(0,1)', '{}')",
+            "SELECT _credential_reencrypt_row_jsonb('rot_pub'::regclass, '(0,1)', '{}')",
+            "SELECT _credential_reencrypt_take('(0,1)')",
+            "SELECT _credential_reencrypt_take_jsonb('(0,1)', '{}')",
+            "SELECT _credential_status('{}')",
+            "SELECT _credential_status_jsonb('{}')",
+            "SELECT _credential_audit_append()",
+        ] {
+            expect_error(call, "55000", "only called by");
+        }
+        // The batch helper acts on its own: it needs EXECUTE on the procedure that uses it.
+        expect_error(
+            &format!(
+                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', NULL, NULL)",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "42501",
+            "permission denied for procedure credential_reencrypt_batched",
+        );
+        // The user-facing functions need a grant.
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot_pub')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "42501",
+            "permission denied for function credential_reencrypt",
+        );
+        run("RESET ROLE");
+        assert_eq!(snapshot("rot_pub"), before);
+        run("GRANT EXECUTE ON PROCEDURE credential_reencrypt_batched(text, text, integer, text, text) TO nobody_special");
+        run("SET ROLE nobody_special");
+        assert_eq!(
+            counts(&format!(
+                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', NULL, NULL)",
+                quote(KEY_A),
+                quote(KEY_B)
+            )),
+            (3, 3, 0, 0)
+        );
+        expect_error(
+            &format!(
+                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', 0, NULL)",
+                quote(KEY_B),
+                quote(KEY_A)
+            ),
+            "22023",
+            "end_block must not be NULL",
+        );
+        run("RESET ROLE");
+    }
+
+    /// A table with row-level security whose policy shows `viewer` only the rows with an even
+    /// number: half of them.
+    fn create_rls_table(table: &str) {
+        create_profiles(table);
+        seed(table, 10, 2, KEY_A);
+        run(&format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"));
+        run(&format!(
+            "CREATE POLICY half ON {table} USING (substr(id, 2)::int % 2 = 0)"
+        ));
+    }
+
+    #[pg_test]
+    fn row_level_security_that_would_hide_rows_is_refused_never_filtered() {
+        create_rls_table("rls1");
+        run("CREATE ROLE rls_viewer NOLOGIN");
+        run("CREATE ROLE rls_bypass NOLOGIN BYPASSRLS");
+        for role in ["rls_viewer", "rls_bypass"] {
+            run(&format!(
+                "GRANT EXECUTE ON FUNCTION credential_reencrypt(text, text, text, text, boolean, boolean),
+                   credential_verify(text, text, text), credential_verify_rows(text, text, text) TO {role}"
+            ));
+            run(&format!(
+                "GRANT EXECUTE ON PROCEDURE credential_reencrypt_batched(text, text, integer, text, text) TO {role}"
+            ));
+            run(&format!("GRANT SELECT, UPDATE ON rls1 TO {role}"));
+        }
+        let before = snapshot("rls1");
+        // The policy really hides rows from this role: 6 of 12.
+        run("SET ROLE rls_viewer");
+        assert_eq!(one::<i64>("SELECT count(*) FROM rls1"), Some(6));
+        let (k_a, k_b) = (quote(KEY_A), quote(KEY_B));
+        for call in [
+            format!("SELECT * FROM credential_reencrypt({k_a}, {k_b}, 'rls1')"),
+            format!("SELECT * FROM credential_reencrypt({k_a}, {k_b}, 'rls1', dry_run => true)"),
+            format!("SELECT * FROM credential_verify({k_a}, 'rls1')"),
+            format!("SELECT * FROM credential_verify_rows({k_a}, 'rls1')"),
+            format!("SELECT * FROM _credential_reencrypt_blocks({k_a}, {k_b}, 'rls1', 'secret', 0, 1)"),
+            format!("SELECT * FROM _credential_reencrypt_blocks({k_a}, {k_b}, 'rls1', 'secret', NULL, NULL)"),
+        ] {
+            let err = expect_error(&call, "42501", "row-level security is active on public.rls1");
+            assert!(!err.contains(KEY_A) && !err.contains(KEY_B));
+        }
+        run("RESET ROLE");
+        assert_eq!(snapshot("rls1"), before);
+        // A role with BYPASSRLS sees and rotates every row.
+        run("SET ROLE rls_bypass");
+        assert_eq!(verify(KEY_A, ", 'rls1'"), (10, 0, 2, 0));
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rls1'"), (12, 10, 0, 2));
+        run("RESET ROLE");
+        // So does a superuser (this test's own role), and the owner without FORCE.
+        assert_eq!(reencrypt(KEY_B, KEY_A, ", 'rls1'"), (12, 10, 0, 2));
+        assert_eq!(verify(KEY_A, ", 'rls1'"), (10, 0, 2, 0));
+    }
+
+    #[pg_test]
+    fn forced_row_level_security_applies_to_the_owner_and_is_refused() {
+        run("CREATE ROLE rls_owner NOLOGIN");
+        run(
+            "GRANT EXECUTE ON FUNCTION credential_reencrypt(text, text, text, text, boolean, boolean),
+               credential_verify(text, text, text) TO rls_owner",
+        );
+        create_rls_table("rls2");
+        run("ALTER TABLE rls2 OWNER TO rls_owner");
+        let before = snapshot("rls2");
+        // Without FORCE the owner is exempt from its own policies: the rotation sees all.
+        run("SET ROLE rls_owner");
+        assert_eq!(verify(KEY_A, ", 'rls2'"), (10, 0, 2, 0));
+        run("RESET ROLE");
+        run("ALTER TABLE rls2 FORCE ROW LEVEL SECURITY");
+        run("SET ROLE rls_owner");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rls2')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "42501",
+            "row-level security",
+        );
+        expect_error(
+            &format!("SELECT * FROM credential_verify({}, 'rls2')", quote(KEY_A)),
+            "42501",
+            "row-level security",
+        );
+        run("RESET ROLE");
+        assert_eq!(snapshot("rls2"), before);
+    }
+
+    #[pg_test]
+    fn row_level_security_on_a_partition_does_not_hide_rows_from_a_rotation_of_the_parent() {
+        run(
+            "CREATE TABLE rls_parted (kind text, id text, secret jsonb NOT NULL DEFAULT '{}',
+                                      PRIMARY KEY (kind, id)) PARTITION BY LIST (kind)",
+        );
+        run("CREATE TABLE rls_parted_p PARTITION OF rls_parted FOR VALUES IN ('p')");
+        run("CREATE TABLE rls_parted_q PARTITION OF rls_parted FOR VALUES IN ('q')");
+        run(&format!(
+            "INSERT INTO rls_parted SELECT c, c || i, credential_encrypt('{{\"n\":1}}'::text, {})
+               FROM generate_series(1, 4) i, unnest(ARRAY['p', 'q']) c",
+            quote(KEY_A)
+        ));
+        // A policy hiding every row of one partition from everybody it applies to.
+        run("ALTER TABLE rls_parted_q ENABLE ROW LEVEL SECURITY");
+        run("CREATE POLICY nothing ON rls_parted_q USING (false)");
+        run("CREATE ROLE rls_parted_role NOLOGIN");
+        run(
+            "GRANT EXECUTE ON FUNCTION credential_reencrypt(text, text, text, text, boolean, boolean)
+               TO rls_parted_role",
+        );
+        run("GRANT SELECT, UPDATE ON rls_parted TO rls_parted_role");
+        run("SET ROLE rls_parted_role");
+        // Through the parent the partition's policies do not apply: every row is rotated.
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rls_parted'"), (8, 8, 0, 0));
+        run("RESET ROLE");
+        assert_eq!(verify(KEY_B, ", 'rls_parted'"), (8, 0, 0, 0));
+        // The partition named directly is refused.
+        run("GRANT SELECT, UPDATE ON rls_parted_q TO rls_parted_role");
+        run("SET ROLE rls_parted_role");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rls_parted_q')",
+                quote(KEY_B),
+                quote(KEY_A)
+            ),
+            "42501",
+            "row-level security is active on public.rls_parted_q",
+        );
+        run("RESET ROLE");
+    }
+
+    #[pg_test]
+    fn functions_returning_plaintext_are_volatile() {
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(DISTINCT provolatile::text, '') FROM pg_proc
+                  WHERE proname IN ('credential_decrypt', '_credential_check_keys')"
+            )
+            .as_deref(),
+            Some("v")
+        );
+        create_profiles("rot_vol");
+        seed("rot_vol", 1, 0, KEY_A);
+        expect_error(
+            &format!(
+                "CREATE INDEX ON rot_vol (credential_decrypt(secret, {}))",
+                quote(KEY_A)
+            ),
+            "42P17",
+            "IMMUTABLE",
+        );
+        expect_error(
+            &format!(
+                "ALTER TABLE rot_vol ADD COLUMN plain text GENERATED ALWAYS AS (credential_decrypt(secret, {})) STORED",
+                quote(KEY_A)
+            ),
+            "42P17",
+            "immutable",
+        );
+    }
+
+    #[pg_test]
+    fn an_audit_record_does_not_outlive_the_rotation_that_failed_to_append_it() {
+        create_profiles("rot_aud");
+        seed("rot_aud", 4, 0, KEY_A);
+        run("CREATE ROLE audit_less NOLOGIN");
+        run(
+            "GRANT EXECUTE ON FUNCTION credential_reencrypt(text, text, text, text, boolean, boolean)
+               TO audit_less",
+        );
+        run("GRANT SELECT, UPDATE ON rot_aud TO audit_less");
+        // The audit step fails after the record was handed over: no EXECUTE on it.
+        run("REVOKE EXECUTE ON FUNCTION _credential_audit_append() FROM PUBLIC");
+        run("SET ROLE audit_less");
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot_aud')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "42501",
+            "_credential_audit_append",
+        );
+        run("RESET ROLE");
+        run("GRANT EXECUTE ON FUNCTION _credential_audit_append() TO PUBLIC");
+        // A later append in the same session finds nothing to append: the rotation it would
+        // record was rolled back.
+        expect_error(
+            "SELECT _credential_audit_append()",
+            "55000",
+            "only called by",
+        );
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM credential_rotate_audit WHERE target_table = 'public.rot_aud'"
+            ),
+            Some(0)
+        );
+        assert_eq!(verify(KEY_A, ", 'rot_aud'"), (4, 0, 0, 0));
+    }
+
+    #[pg_test]
+    fn a_failed_call_leaves_no_state_behind_for_the_next_one() {
+        create_profiles("rot_state");
+        seed("rot_state", 6, 0, KEY_A);
+        run(&format!(
+            "UPDATE rot_state SET secret = credential_encrypt('{{}}'::text, {}) WHERE id = 'p4'",
+            quote(KEY_C)
+        ));
+        run("SET credential_rotate.progress_rows = 1");
+        // Fails on row p4, after NOTICEs and re-sealed rows, in a subtransaction.
+        expect_error(
+            &format!(
+                "SELECT * FROM credential_reencrypt({}, {}, 'rot_state')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+            "22000",
+            "(id)=(p4)",
+        );
+        // Nothing of that call is left: the helpers refuse, and the next calls work.
+        expect_error(
+            "SELECT _credential_reencrypt_take('(0,1)')",
+            "55000",
+            "only called by",
+        );
+        expect_error("SELECT _credential_status('{}')", "55000", "only called by");
+        assert_eq!(verify(KEY_A, ", 'rot_state'"), (5, 1, 0, 0));
+        run(&format!(
+            "UPDATE rot_state SET secret = credential_encrypt('{{}}'::text, {}) WHERE id = 'p4'",
+            quote(KEY_A)
+        ));
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'rot_state'"), (6, 6, 0, 0));
     }
 
     #[pg_test]

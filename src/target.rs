@@ -49,14 +49,42 @@ pub struct Target {
     pub estimated_rows: Option<i64>,
 }
 
+/// The lock a call holds on its table until the end of the transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Reading only (verification, dry run): what any SELECT takes, blocking only DDL.
+    AccessShare,
+    /// Rewriting: readers go on; writers wait for our commit, so no row can be written under
+    /// the old key behind the scan; a second rotation waits for the first.
+    ShareRowExclusive,
+}
+
+impl Lock {
+    fn sql(self) -> &'static str {
+        match self {
+            Lock::AccessShare => "ACCESS SHARE",
+            Lock::ShareRowExclusive => "SHARE ROW EXCLUSIVE",
+        }
+    }
+}
+
 impl Target {
     /// Resolves `table` with the caller's search_path (schema-qualified and quoted names work,
-    /// as with `regclass`) and checks `column`.
-    pub fn resolve(client: &SpiClient<'_>, table: &str, column: &str) -> Result<Target, Error> {
+    /// as with `regclass`), locks it in `lock` mode, and checks `column`.
+    ///
+    /// The table is locked by the name resolved from its OID, then the caller's name is
+    /// resolved again: if a concurrent rename or a new table in an earlier search_path schema
+    /// moved the name while we waited for the lock, the call is refused rather than resolving
+    /// one table and working on another. Everything else is read under the lock.
+    pub fn resolve(
+        client: &mut SpiClient<'_>,
+        table: &str,
+        column: &str,
+        lock: Lock,
+    ) -> Result<Target, Error> {
         let rel = client
             .select(
-                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::pg_catalog.text,
-                        c.reltuples::float8
+                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::pg_catalog.text
                    FROM pg_catalog.pg_class c
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.oid = pg_catalog.to_regclass($1)",
@@ -68,13 +96,41 @@ impl Target {
             return Err(Error::UndefinedTable(shown_name(table)));
         }
         let (oid, relation, relkind) = rel.get_three::<pg_sys::Oid, String, String>()?;
-        // -1 until the table was first vacuumed or analyzed; only used for progress messages.
-        let estimated_rows = rel.get::<f64>(4)?.filter(|n| *n > 0.0).map(|n| n as i64);
         let (Some(oid), Some(relation), Some(relkind)) = (oid, relation, relkind) else {
             return Err(Error::Internal("pg_class row with NULL fields".into()));
         };
         if relkind != "r" && relkind != "p" {
             return Err(Error::NotATable(relation));
+        }
+        // LOCK TABLE checks the caller's privileges for the mode and honours lock_timeout.
+        client.update(
+            &format!("LOCK TABLE {relation} IN {} MODE", lock.sql()),
+            None,
+            &[],
+        )?;
+        let still = client
+            .select(
+                "SELECT pg_catalog.to_regclass($1) = c.oid
+                        AND pg_catalog.format('%I.%I', n.nspname, c.relname) = $3,
+                        c.reltuples::float8,
+                        pg_catalog.row_security_active(c.oid)
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $2",
+                Some(1),
+                &[table.into(), oid.into(), relation.as_str().into()],
+            )?
+            .first();
+        if still.is_empty() || still.get::<bool>(1)? != Some(true) {
+            return Err(Error::ConcurrentChange(relation));
+        }
+        // -1 until the table was first vacuumed or analyzed; only used for progress messages.
+        let estimated_rows = still.get::<f64>(2)?.filter(|n| *n > 0.0).map(|n| n as i64);
+        // A policy would silently filter the rows this role sees: a rotation would leave the
+        // hidden rows under the old key, a verification would count only some. Checked under
+        // the lock: enabling row-level security or adding a policy needs a conflicting lock.
+        if still.get::<bool>(3)? != Some(false) {
+            return Err(Error::RowSecurity(relation));
         }
 
         let (column_type, quoted) = column_type(client, oid, &relation, column)?;

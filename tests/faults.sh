@@ -102,6 +102,49 @@ grep -q "canceling statement due to user request" "$CLUSTER_DIR/rotation.out" ||
     { echo "FAILED: no cancel error: $(cat "$CLUSTER_DIR/rotation.out")" >&2; failures=$((failures + 1)); }
 check "pg_cancel_backend"
 
+# 5. A cancel arriving while a progress NOTICE is sent: errfinish() services it from inside
+# the NOTICE. With a NOTICE on every row, a statement_timeout or pg_cancel_backend at any
+# moment lands there. Then, in the same session: no state of the cancelled call is left (the
+# helpers refuse, the audit append finds nothing) and the next calls work.
+notice_cancel() {
+    local name=$1 timeout=$2 cancel_after=$3 out=$CLUSTER_DIR/notice_cancel.out
+    psql -X -q -At -d "$DB" >"$out" 2>&1 <<SQL &
+SET credential_rotate.progress_rows = 1;
+SET statement_timeout = '$timeout';
+SELECT * FROM credential_reencrypt('$OLD', '$NEW');
+RESET statement_timeout;
+SET credential_rotate.progress_rows = 0;
+SELECT 'after: ' || _credential_reencrypt_take('(0,1)');
+SELECT 'after: ' || _credential_audit_append();
+SELECT 'verify: ' || readable FROM credential_verify('$OLD');
+SELECT 'dry run: ' || updated FROM credential_reencrypt('$OLD', '$NEW', dry_run => true);
+SQL
+    local pid=$!
+    if [ "$cancel_after" != 0 ]; then
+        sleep "$cancel_after"
+        psql -X -q -At -d "$DB" -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+            WHERE query LIKE 'SELECT * FROM credential_reencrypt(%' AND state = 'active'" >/dev/null
+    fi
+    wait "$pid" || true
+    local errors
+    errors=$(grep -E "^(psql:)?.*ERROR" "$out" | grep -v "NOTICE" | sed -e "s|$OLD|<old>|g" -e "s|$NEW|<new>|g" || true)
+    if grep -q "canceling statement" "$out" &&
+        [ "$(grep -c "is only called by credential_reencrypt and credential_verify" "$out")" = 2 ] &&
+        grep -qx "verify: $SEALED" "$out" && grep -qx "dry run: $SEALED" "$out" &&
+        ! grep -qi "borrow\|panic\|nested" "$out"; then
+        echo "ok: $name: cancelled during progress NOTICEs; the session's next calls start clean"
+    else
+        echo "FAILED: $name: $errors" >&2
+        failures=$((failures + 1))
+    fi
+    check "$name"
+}
+notice_cancel "statement_timeout 250 ms during progress NOTICEs" 250ms 0
+notice_cancel "statement_timeout 500 ms during progress NOTICEs" 500ms 0
+notice_cancel "statement_timeout 900 ms during progress NOTICEs" 900ms 0
+notice_cancel "pg_cancel_backend after 0.4 s during progress NOTICEs" 0 0.4
+notice_cancel "pg_cancel_backend after 1.2 s during progress NOTICEs" 0 1.2
+
 # And the rotation itself still completes afterwards.
 q -c "SELECT format('after the faults: scanned=%s updated=%s', scanned, updated) FROM credential_reencrypt('$OLD', '$NEW')"
 [ "$(q -c "SELECT readable FROM credential_verify('$NEW')")" = "$SEALED" ] ||

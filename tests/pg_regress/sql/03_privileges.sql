@@ -24,16 +24,9 @@ GRANT EXECUTE ON FUNCTION
     credential_reencrypt(text, text, text, text, boolean, boolean),
     credential_verify(text, text, text),
     credential_verify_rows(text, text, text),
-    credential_key_fingerprint(text),
-    _credential_reencrypt_row(oid, tid, text),
-    _credential_reencrypt_take(tid),
-    _credential_reencrypt_row_jsonb(oid, tid, jsonb),
-    _credential_reencrypt_take_jsonb(tid, jsonb),
-    _credential_reencrypt_blocks(text, text, text, text, bigint, bigint),
-    _credential_status(text),
-    _credential_status_jsonb(jsonb),
-    _credential_check_keys(text, text),
-    _credential_audit_append()
+    credential_key_fingerprint(text)
+  TO rotator;
+GRANT EXECUTE ON PROCEDURE credential_reencrypt_batched(text, text, integer, text, text)
   TO rotator;
 SET ROLE rotator;
 SAVEPOINT no_table_privilege;
@@ -64,4 +57,42 @@ ROLLBACK TO audit;
 RESET ROLE;
 SELECT rotated_by, session_role, target_table, updated, old_key_fingerprint, new_key_fingerprint
   FROM credential_rotate_audit;
+-- Row-level security: a policy that shows the rotator only some rows would make a rotation
+-- skip the others silently. It is refused instead, naming the table; nothing changes.
+INSERT INTO credential_profiles (id, name, secret)
+  SELECT 'cp-' || i, 'profile ' || i, credential_encrypt(format('{"token":"t%s"}', i), :'new_key')
+    FROM generate_series(4, 6) i;
+ALTER TABLE credential_profiles ENABLE ROW LEVEL SECURITY;
+CREATE POLICY first_three ON credential_profiles USING (id <= 'cp-3');
+UPDATE snapshot SET h = (SELECT md5(string_agg(secret::text, ',' ORDER BY id)) FROM credential_profiles);
+SET ROLE rotator;
+SELECT count(*) AS rows_the_rotator_sees FROM credential_profiles;
+SAVEPOINT rls;
+SELECT * FROM credential_reencrypt(:'new_key', :'old_key');
+ROLLBACK TO rls;
+SELECT * FROM credential_reencrypt(:'new_key', :'old_key', dry_run => true);
+ROLLBACK TO rls;
+SELECT * FROM credential_verify(:'new_key');
+ROLLBACK TO rls;
+SELECT * FROM credential_verify_rows(:'new_key');
+ROLLBACK TO rls;
+RESET ROLE;
+SELECT md5(string_agg(secret::text, ',' ORDER BY id)) = (SELECT h FROM snapshot) AS unchanged FROM credential_profiles;
+-- A role with BYPASSRLS sees every row, and so the rotation goes through.
+ALTER ROLE rotator BYPASSRLS;
+SET ROLE rotator;
+SELECT * FROM credential_reencrypt(:'new_key', :'old_key');
+RESET ROLE;
+-- The table owner is exempt from its own policies, unless the table forces them.
+ALTER TABLE credential_profiles FORCE ROW LEVEL SECURITY;
+CREATE ROLE app_owner NOLOGIN;
+GRANT EXECUTE ON FUNCTION credential_verify(text, text, text) TO app_owner;
+ALTER TABLE credential_profiles OWNER TO app_owner;
+SET ROLE app_owner;
+SAVEPOINT forced;
+SELECT * FROM credential_verify(:'old_key');
+ROLLBACK TO forced;
+RESET ROLE;
+-- A superuser always sees every row.
+SELECT * FROM credential_verify(:'old_key');
 ROLLBACK;

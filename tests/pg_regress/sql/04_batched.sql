@@ -33,5 +33,20 @@ BEGIN;
 CALL credential_reencrypt_batched(:'old_key', :'new_key');
 ROLLBACK;
 CALL credential_reencrypt_batched(:'old_key', :'new_key', batch_rows => 0);
+-- A table never vacuumed or analysed has no statistics (reltuples = -1): the batches are
+-- sized from a count of its first blocks instead, so batch_rows still holds.
+CREATE TABLE never_analysed (LIKE credential_profiles INCLUDING ALL) WITH (autovacuum_enabled = off);
+INSERT INTO never_analysed (id, name, secret)
+  SELECT 'n-' || lpad(i::text, 5, '0'), 'never ' || i, credential_encrypt(format('{"token":"t%s"}', i), :'old_key')
+    FROM generate_series(1, 3000) i;
+SELECT reltuples FROM pg_class WHERE oid = 'never_analysed'::regclass;
+SET client_min_messages = warning;
+CALL credential_reencrypt_batched(:'old_key', :'new_key', batch_rows => 500, target_table => 'never_analysed');
+RESET client_min_messages;
+-- About six batches of 500 rows, each with its audit row, then the final pass.
+SELECT count(*) BETWEEN 5 AND 9 AS batches_of_about_500_rows, max(updated) <= 600 AS no_batch_much_larger
+  FROM credential_rotate_audit WHERE target_table = 'public.never_analysed' AND updated > 0;
+SELECT * FROM credential_verify(:'new_key', 'never_analysed');
+DROP TABLE never_analysed;
 DELETE FROM credential_profiles;
 DELETE FROM credential_rotate_audit;
