@@ -6,7 +6,12 @@
 #   rotation  credential_reencrypt(old, new)
 #   client    the runbook's client-side script (read all, re-seal in Node, one UPDATE per row),
 #             on a table of CLIENT_ROWS rows of its own
-# plus the peak private memory of the backend running a rotation at ROWS and at BIG_ROWS.
+# plus the peak private memory of the backend running a rotation at ROWS and at BIG_ROWS,
+# and the several-old-keys comparison, on a fresh copy of one ROWS-row table before each run:
+#   credential_reencrypt(text, ...) and credential_reencrypt(text[], ...) from one old key, and
+#   the array form from three old keys holding a third of the rows each, in runs (as
+#   successive deployments write them) and interleaved row by row (the worst case for trying
+#   the key that opened the previous row first).
 # Every measured run must succeed and return the counts it must return (every row scanned,
 # every sealed row re-sealed, every row updated): otherwise the benchmark stops with an error
 # rather than print the time of a run that did not do the work.
@@ -141,6 +146,67 @@ floor=$(printf '%s\n' "${floor_times[@]}" | median)
 rot=$(printf '%s\n' "${rot_times[@]}" | median)
 client=$(printf '%s\n' "${client_times[@]}" | median)
 
+# Several old keys. Sources: the same rows under KEY_1 only, a third each under KEY_1, KEY_3
+# and KEY_4 in runs of consecutive ids, and the three keys interleaved row by row. Each timed
+# run rotates a fresh copy (in id order) of a source into KEY_2.
+log "several old keys: seeding the sources"
+KEY_3=$(node scripts/freeboard.mjs keygen)
+KEY_4=$(node scripts/freeboard.mjs keygen)
+create_table keys_one "$ROWS"
+keys_rotation_counts="$ROWS|$SEALED|0|$EMPTY"
+create_table credential_profiles_keys "$ROWS"
+# $1: source table, $2: SQL giving each row's group 0, 1 or 2 from its rank n (from 0).
+seed_three_keys() {
+    psql -X -q -v ON_ERROR_STOP=1 \
+        -c "CREATE TABLE $1 AS SELECT * FROM keys_one ORDER BY id" \
+        -c "UPDATE $1 t SET secret = credential_reencrypt_value(t.secret, '$KEY_1',
+                CASE r.g WHEN 1 THEN '$KEY_3' ELSE '$KEY_4' END)
+              FROM (SELECT id, $2 AS g
+                      FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM $1) s) r
+             WHERE r.id = t.id AND r.g > 0"
+}
+seed_three_keys keys_runs "n * 3 / $ROWS"
+seed_three_keys keys_interleaved "n % 3"
+# $1: name, $2: source table, $3: the rotation statement. Restores the table untimed, then
+# times the rotation into ELAPSED.
+keys_run() {
+    local t0 t1 status=0
+    psql -X -q -v ON_ERROR_STOP=1 -c "TRUNCATE credential_profiles_keys" \
+        -c "INSERT INTO credential_profiles_keys SELECT * FROM $2 ORDER BY id"
+    settle credential_profiles_keys
+    t0=$(now)
+    # Without the array form's final NOTICE.
+    PGOPTIONS='-c client_min_messages=warning' psql -X -At -v ON_ERROR_STOP=1 -c "$3" >"$RESULT" ||
+        status=$?
+    t1=$(now)
+    check_run "$1" "$status" "$(cat "$RESULT")" "$keys_rotation_counts"
+    ELAPSED=$(elapsed "$t0" "$t1")
+}
+keys_sql_text="SELECT * FROM credential_reencrypt('$KEY_1', '$KEY_2', 'credential_profiles_keys')"
+keys_sql_array1="SELECT * FROM credential_reencrypt(ARRAY['$KEY_1'], '$KEY_2', 'credential_profiles_keys')"
+keys_sql_array3="SELECT * FROM credential_reencrypt(ARRAY['$KEY_1', '$KEY_3', '$KEY_4'], '$KEY_2', 'credential_profiles_keys')"
+text_times=()
+array1_times=()
+runs_times=()
+inter_times=()
+for round in $(seq 1 "$ROUNDS"); do
+    # The four take turns going first.
+    for i in 0 1 2 3; do
+        case $(((i + round) % 4)) in
+        0) keys_run "text form, one key" keys_one "$keys_sql_text"; text_times+=("$ELAPSED") ;;
+        1) keys_run "array form, one key" keys_one "$keys_sql_array1"; array1_times+=("$ELAPSED") ;;
+        2) keys_run "array form, three keys in runs" keys_runs "$keys_sql_array3"; runs_times+=("$ELAPSED") ;;
+        3) keys_run "array form, three keys interleaved" keys_interleaved "$keys_sql_array3"; inter_times+=("$ELAPSED") ;;
+        esac
+    done
+    echo "round $round: text ${text_times[-1]} s, array ${array1_times[-1]} s, three keys in runs ${runs_times[-1]} s, interleaved ${inter_times[-1]} s" >&2
+done
+keys_text=$(printf '%s\n' "${text_times[@]}" | median)
+keys_array1=$(printf '%s\n' "${array1_times[@]}" | median)
+keys_runs=$(printf '%s\n' "${runs_times[@]}" | median)
+keys_inter=$(printf '%s\n' "${inter_times[@]}" | median)
+psql -X -q -c "DROP TABLE keys_one, keys_runs, keys_interleaved, credential_profiles_keys"
+
 # Peak private (anonymous) memory of the backend while it rotates: sampled from /proc, so
 # shared buffers the backend touches are not counted. The rotation must return its counts
 # and finish, or the benchmark stops.
@@ -180,4 +246,15 @@ awk -v n="$ROWS" -v cn="$CLIENT_ROWS" -v bn="$BIG_ROWS" -v f="$floor" -v r="$rot
     printf "client / rotation, per row:        %.1f x\n", (c / cn) / (r / n)
     printf "client / floor, per row:           %.1f x   (for reference: a rewrite with no cryptography at all)\n", (c / cn) / (f / n)
     printf "backend peak private memory:       %.1f MB at %d rows, %.1f MB at %d rows (+%.1f MB)\n", ms / 1024, n, mb / 1024, bn, (mb - ms) / 1024
+}'
+awk -v n="$ROWS" -v t="$keys_text" -v a="$keys_array1" -v r="$keys_runs" -v i="$keys_inter" 'BEGIN {
+    printf "\nseveral old keys, %d rows, a fresh copy per run (medians, same run)\n", n
+    printf "%-44s %10s %12s\n", "", "seconds", "rows/s"
+    printf "%-44s %10.3f %12.0f\n", "credential_reencrypt(text, ...), one key", t, n / t
+    printf "%-44s %10.3f %12.0f\n", "credential_reencrypt(text[], ...), one key", a, n / a
+    printf "%-44s %10.3f %12.0f\n", "text[], three keys, a third each, in runs", r, n / r
+    printf "%-44s %10.3f %12.0f\n", "text[], three keys, interleaved", i, n / i
+    printf "array / text form, one key:        %.3f x   (target: at most 1.05)\n", a / t
+    printf "three keys in runs / one key:      %.3f x   (target: at most 1.3)\n", r / a
+    printf "three keys interleaved / one key:  %.3f x   (target: at most 1.3)\n", i / a
 }'

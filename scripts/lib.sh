@@ -110,8 +110,8 @@ ensure_deps() {
         cargo install cargo-fuzz --version "$fuzz_version" --locked
     fi
     for major in "${versions[@]}"; do
-        [ "$major" = 15 ] || ensure_pg_tree "$major" || return 1
         pg_config=$(pg_bin_of "$major")/pg_config || return 1
+        [ "$major" = 15 ] || ensure_pg_tree "$major" || return 1
         grep -qs "^pg$major = \"$pg_config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ||
             init+=("--pg$major" "$pg_config")
     done
@@ -153,7 +153,10 @@ cluster_start() {
     CLUSTER_LOG=$CLUSTER_DIR/server.log
     CLUSTER_OPTS="-p $port -k $CLUSTER_DIR/sock -c listen_addresses='' $*"
     export CLUSTER_DIR CLUSTER_LOG CLUSTER_OPTS
-    sudo -u postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -A trust -U postgres >/dev/null
+    # Pinned, not inherited from the caller's locale: pg_regress creates its databases from
+    # template0 with an explicit --encoding, which needs a C locale to accept LATIN1/SQL_ASCII.
+    sudo -u postgres "$PG_BIN/initdb" -D "$CLUSTER_DIR/data" -A trust -U postgres \
+        -E UTF8 --locale=C >/dev/null
     cluster_start_again
     export PGHOST=$CLUSTER_DIR/sock PGPORT=$port PGUSER=postgres PGDATABASE=postgres
     trap cluster_stop EXIT

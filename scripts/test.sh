@@ -41,18 +41,28 @@ pgrx_tests() {
     cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
 }
 
-# pg_regress or pg_isolation_regress ($1) over every test in $2/$3 (sql or specs).
+# pg_regress or pg_isolation_regress ($1) over every test in $2/$3 (sql or specs); further
+# arguments go to the runner (a later --dbname wins).
 run_regress() {
     local runner=$1 dir=$2 kind=$3 ext=$4 out
+    shift 4
     out=$(mktemp -d)
     "$runner" --bindir="$PG_BIN" --inputdir="$dir" --outputdir="$out" \
-        --dbname="credential_rotate_$kind" \
+        --dbname="credential_rotate_$kind" "$@" \
         $(cd "$dir/$kind" && ls *."$ext" | sed "s/\.$ext\$//") ||
         { cat "$out/regression.diffs" >&2 2>/dev/null; return 1; }
 }
 
+# The DBA sessions in a UTF8, a LATIN1 and an SQL_ASCII database (the cluster is initdb'd
+# with the C locale, so any encoding can be chosen per database).
 regress() {
-    run_regress "$PG_LIBDIR/pgxs/src/test/regress/pg_regress" tests/pg_regress sql sql
+    local enc status=0
+    for enc in UTF8 LATIN1 SQL_ASCII; do
+        echo "pg_regress in a $enc database:"
+        run_regress "$PG_LIBDIR/pgxs/src/test/regress/pg_regress" tests/pg_regress sql sql \
+            --encoding="$enc" --dbname="credential_rotate_sql_${enc,,}" || status=1
+    done
+    return "$status"
 }
 
 isolation() {
@@ -72,7 +82,8 @@ log_hygiene() {
 }
 
 # The pure core under libFuzzer, FUZZ_SECONDS (default 30) per target: the envelope parser,
-# opener and key parser (envelope) and the jsonb layout reader and splice (container). Longer
+# opener and key parser (envelope), the jsonb layout reader and splice (container), and the
+# re-seal of a stored envelope from the old key to the new one (rotate). Longer
 # on demand: FUZZ_SECONDS=3600 scripts/test.sh, or cargo fuzz run <target> -s none directly.
 fuzz() {
     local target scratch status=0
@@ -103,6 +114,7 @@ start_test_cluster() {
 ensure_deps "${VERSIONS[@]}" || exit 1
 
 stage "cargo fmt and clippy" lint
+stage "the README's grant block is the one the privileges test runs" bash tests/readme_grants.sh
 
 # On every version in PG_VERSIONS. Stage names start with "pgNN:".
 for version in "${VERSIONS[@]}"; do
@@ -123,14 +135,18 @@ if [[ " ${VERSIONS[*]} " == *" 15 "* ]]; then
     if start_test_cluster; then
         stage "faults mid-rotation: kill -9, immediate stop, statement_timeout, cancel" bash tests/faults.sh
         stage "live application writes during a rotation (pgbench)" bash tests/live_writes.sh
+        stage "batched rotation interrupted by cancel and kill -9, old-key writes behind the batch front" bash tests/batched_interrupt.sh
+        stage "lost client connection mid-rotation (autocommit, BEGIN, client_connection_check_interval)" bash tests/lost_connection.sh
         stage "hot standby reader during a rotation" bash tests/hot_standby.sh
-        stage "upgrade from the previous release (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
+        stage "upgrade from the previous releases (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
         cluster_stop
     fi
 fi
 
 # Once, whatever the server version.
-stage "fuzzing the envelope parser, opener, key parser and jsonb layout reader" fuzz
+stage "release artifacts install and rotate without cargo (15: Debian's, 16: a fresh wheel tree)" \
+    bash tests/package.sh 15 16
+stage "fuzzing the envelope parser, opener, key parser, jsonb layout reader and splice, and re-sealing" fuzz
 
 if [ "$failed" -gt 0 ]; then
     printf '\nfailed stages: %s\n' "${failures[*]}"

@@ -36,3 +36,11 @@ GRANT EXECUTE ON FUNCTION
     _credential_check_keys(text, text),
     _credential_reencrypt_blocks(text, text, text, text, bigint, bigint)
   TO PUBLIC;
+-- The same for several old keys (0.3.0); the census helpers raise unless a
+-- credential_key_census call of the same backend is running.
+GRANT EXECUTE ON FUNCTION
+    _credential_check_keys(text[], text),
+    _credential_reencrypt_blocks(text[], text, text, text, bigint, bigint),
+    _credential_census_status(text),
+    _credential_census_status_jsonb(jsonb)
+  TO PUBLIC;

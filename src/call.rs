@@ -1,5 +1,6 @@
-//! The backend-local state of one `credential_reencrypt` / `credential_verify` call, which its
-//! per-row helpers find while the executor drives them, and the audit record a finished
+//! The backend-local state of one `credential_reencrypt` / `credential_verify` /
+//! `credential_key_census` call, which its per-row helpers find while the executor drives
+//! them (with the rows each of its keys opened), and the audit record a finished
 //! rotation hands to `_credential_audit_append`.
 //!
 //! Two rules keep this state sound when Postgres raises:
@@ -20,7 +21,7 @@ use std::time::Instant;
 
 use pgrx::pg_sys;
 
-use crate::envelope::{Cipher, EncodedParts, Rotator};
+use crate::envelope::{Cipher, EncodedParts, KeyRing, Rotator};
 use crate::error::Error;
 use crate::target::Target;
 
@@ -30,13 +31,36 @@ pub struct Counts {
     pub updated: i64,
     pub already_current: i64,
     pub empty: i64,
+    /// A census's rows that open with none of its keys, and its malformed ones.
+    pub not_readable: i64,
+    pub malformed: i64,
 }
 
 /// What the call does with each row. The ciphers are shared so that a helper can use them
 /// after releasing its borrow of the call state.
 pub enum Work {
-    Rotate { rotator: Rc<Rotator>, dry_run: bool },
-    Verify { cipher: Rc<Cipher> },
+    Rotate {
+        rotator: Rc<Rotator>,
+        dry_run: bool,
+    },
+    Verify {
+        cipher: Rc<Cipher>,
+    },
+    /// `credential_key_census`: which of several keys opens each row.
+    Census {
+        keys: Rc<KeyRing>,
+    },
+}
+
+impl Work {
+    /// How many keys rows are counted against: a rotation's old keys, a census's keys.
+    fn keys(&self) -> usize {
+        match self {
+            Work::Rotate { rotator, .. } => rotator.old_keys(),
+            Work::Census { keys } => keys.len(),
+            Work::Verify { .. } => 0,
+        }
+    }
 }
 
 /// A re-sealed value waiting for the target list of the row whose qual produced it.
@@ -51,6 +75,8 @@ pub struct ActiveCall {
     pub work: Work,
     pub target: Rc<Target>,
     pub counts: Counts,
+    /// Rows opened by each key of [`Work::keys`], in the order the keys were given.
+    pub opened_by: Vec<i64>,
     /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
     pub stash: Option<(pg_sys::ItemPointerData, Stashed)>,
     pub started: Instant,
@@ -69,6 +95,8 @@ pub struct AuditRecord {
     pub target_table: String,
     pub secret_column: String,
     pub counts: Counts,
+    /// Each old key's fingerprint and the rows it opened, in the order the keys were given.
+    pub opened_by: Vec<(String, i64)>,
     pub old_fingerprint: String,
     pub new_fingerprint: String,
 }
@@ -102,10 +130,12 @@ pub fn install(work: Work, target: Rc<Target>) -> Result<CallGuard, Error> {
         if slot.is_some() {
             return Err(Error::Nested);
         }
+        let opened_by = vec![0; work.keys()];
         *slot = Some(ActiveCall {
             work,
             target,
             counts: Counts::default(),
+            opened_by,
             stash: None,
             started: Instant::now(),
             progress_every,
@@ -121,6 +151,16 @@ impl CallGuard {
             a.try_borrow()
                 .ok()
                 .and_then(|slot| slot.as_ref().map(|c| c.counts))
+                .unwrap_or_default()
+        })
+    }
+
+    /// Rows opened by each key so far, in the order the keys were given.
+    pub fn opened_by(&self) -> Vec<i64> {
+        ACTIVE.with(|a| {
+            a.try_borrow()
+                .ok()
+                .and_then(|slot| slot.as_ref().map(|c| c.opened_by.clone()))
                 .unwrap_or_default()
         })
     }

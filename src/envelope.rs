@@ -59,6 +59,8 @@ pub enum EnvelopeError {
     DoesNotOpen,
     #[error("the envelope does not open with old_key or new_key (wrong key, or the envelope was altered)")]
     OpensWithNeitherKey,
+    #[error("the envelope does not open with any of old_keys or with new_key (wrong key, or the envelope was altered)")]
+    OpensWithNoKey,
     #[error("the decrypted secret is not valid UTF-8")]
     PlaintextNotUtf8,
     #[error("the operating system's random number generator failed")]
@@ -440,8 +442,9 @@ pub enum Rotation {
     Empty,
     /// Already opens with the new key: left untouched.
     AlreadyCurrent,
-    /// Opened with the old key and re-sealed under the new one.
-    Resealed(Envelope),
+    /// Opened with old key `by` (its position among the old keys, from 0) and re-sealed under
+    /// the new one.
+    Resealed { envelope: Envelope, by: usize },
 }
 
 /// What checking one stored secret against a key finds.
@@ -453,17 +456,124 @@ pub enum Status {
     Malformed(EnvelopeError),
 }
 
-/// Both ciphers of a rotation, built once per call.
+/// Several keys tried in turn on one envelope: the old keys of a rotation, the keys of a
+/// census. The key that opened the previous envelope is tried first: rows sealed in the same
+/// period sit together in the heap, so with several keys most rows still open at the first
+/// try, and a failed try costs only the tag check.
+pub struct KeyRing {
+    ciphers: Vec<Cipher>,
+    last: std::cell::Cell<usize>,
+}
+
+impl KeyRing {
+    pub fn new(keys: &[Key]) -> KeyRing {
+        KeyRing {
+            ciphers: keys.iter().map(Cipher::new).collect(),
+            last: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ciphers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ciphers.is_empty()
+    }
+
+    /// Decrypts `buffer` in place with the key that opens it and returns that key's position.
+    /// On `DoesNotOpen` (no key opens it) the buffer is as it was.
+    fn open_in_place(
+        &self,
+        iv: &[u8; IV_LEN],
+        tag: &[u8; TAG_LEN],
+        buffer: &mut [u8],
+    ) -> Result<usize, EnvelopeError> {
+        let first = self.last.get();
+        let rest = (0..self.ciphers.len()).filter(|&i| i != first);
+        for i in std::iter::once(first).chain(rest) {
+            let Some(cipher) = self.ciphers.get(i) else {
+                continue;
+            };
+            match cipher.open_in_place(iv, tag, buffer) {
+                Err(EnvelopeError::DoesNotOpen) => continue,
+                // Opened by key i, even when the plaintext is then refused.
+                opened => {
+                    self.last.set(i);
+                    return opened.map(|()| i);
+                }
+            }
+        }
+        Err(EnvelopeError::DoesNotOpen)
+    }
+
+    /// The position of the key that opens an envelope given as its parts, consumed (decrypted
+    /// in place, then wiped). Distinct keys cannot both open one envelope (a GCM tag that
+    /// checks out under two keys is a 2^-128 accident), so the order keys are tried in does
+    /// not change the answer.
+    pub fn identify(&self, mut sealed: Sealed) -> Result<usize, EnvelopeError> {
+        let (iv, tag) = (sealed.iv, sealed.tag);
+        self.open_in_place(&iv, &tag, &mut sealed.ciphertext)
+    }
+
+    /// As [`KeyRing::identify`] for a stored secret's text: `None` for `{}`.
+    pub fn identify_text(&self, text: &str) -> Result<Option<usize>, EnvelopeError> {
+        match Secret::parse(text)? {
+            Secret::Empty => Ok(None),
+            Secret::Sealed(envelope) => self.identify(envelope.into_sealed()).map(Some),
+        }
+    }
+}
+
+/// The ciphers of a rotation, built once per call: one or more old keys and the new key.
 pub struct Rotator {
-    old: Cipher,
+    old: KeyRing,
     new: Cipher,
+    /// What an envelope that opens with no key is: the one-key form names `old_key`.
+    neither: EnvelopeError,
 }
 
 impl Rotator {
+    /// The one-old-key rotation (`old_key`, `new_key`).
     pub fn new(old: &Key, new: &Key) -> Rotator {
         Rotator {
-            old: Cipher::new(old),
+            old: KeyRing::new(std::slice::from_ref(old)),
             new: Cipher::new(new),
+            neither: EnvelopeError::OpensWithNeitherKey,
+        }
+    }
+
+    /// A rotation from any of `old` (`old_keys`) to `new`; the caller has checked that the
+    /// keys are distinct.
+    pub fn with_old_keys(old: &[Key], new: &Key) -> Rotator {
+        Rotator {
+            old: KeyRing::new(old),
+            new: Cipher::new(new),
+            neither: EnvelopeError::OpensWithNoKey,
+        }
+    }
+
+    pub fn old_keys(&self) -> usize {
+        self.old.len()
+    }
+
+    /// The one decision of both rotation paths: decrypts `buffer` in place with the old key
+    /// that opens it (`Some(position)`), else checks that the new key opens it (`None`:
+    /// already current, buffer unchanged by the failed tries).
+    fn decide(
+        &self,
+        iv: &[u8; IV_LEN],
+        tag: &[u8; TAG_LEN],
+        buffer: &mut [u8],
+    ) -> Result<Option<usize>, EnvelopeError> {
+        match self.old.open_in_place(iv, tag, buffer) {
+            Ok(by) => Ok(Some(by)),
+            Err(EnvelopeError::DoesNotOpen) => match self.new.open_in_place(iv, tag, buffer) {
+                Ok(()) => Ok(None),
+                Err(EnvelopeError::DoesNotOpen) => Err(self.neither),
+                Err(other) => Err(other),
+            },
+            Err(other) => Err(other),
         }
     }
 
@@ -474,17 +584,15 @@ impl Rotator {
             Secret::Empty => return Ok(Rotation::Empty),
             Secret::Sealed(envelope) => envelope,
         };
-        match self.old.open(&envelope) {
-            Ok(plaintext) if reseal => {
-                Ok(Rotation::Resealed(self.new.reseal(envelope, &plaintext)?))
-            }
-            Ok(_) => Ok(Rotation::Resealed(envelope)),
-            Err(EnvelopeError::DoesNotOpen) => match self.new.open(&envelope) {
-                Ok(_) => Ok(Rotation::AlreadyCurrent),
-                Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
-                Err(other) => Err(other),
-            },
-            Err(other) => Err(other),
+        let mut buffer = envelope.sealed.ciphertext.clone();
+        let (iv, tag) = (envelope.sealed.iv, envelope.sealed.tag);
+        match self.decide(&iv, &tag, &mut buffer)? {
+            None => Ok(Rotation::AlreadyCurrent),
+            Some(by) if reseal => Ok(Rotation::Resealed {
+                envelope: self.new.reseal(envelope, &buffer)?,
+                by,
+            }),
+            Some(by) => Ok(Rotation::Resealed { envelope, by }),
         }
     }
 }
@@ -493,8 +601,11 @@ impl Rotator {
 #[derive(Debug)]
 pub enum PartsRotation {
     AlreadyCurrent,
-    /// Opened with the old key; the new parts (None in a dry run).
-    Resealed(Option<EncodedParts>),
+    /// Opened with old key `by` (from 0); the new parts (None in a dry run).
+    Resealed {
+        parts: Option<EncodedParts>,
+        by: usize,
+    },
 }
 
 impl Rotator {
@@ -508,19 +619,16 @@ impl Rotator {
         reseal: bool,
     ) -> Result<PartsRotation, EnvelopeError> {
         let (iv, tag) = (sealed.iv, sealed.tag);
-        match self.old.open_in_place(&iv, &tag, &mut sealed.ciphertext) {
-            Ok(()) if reseal => Ok(PartsRotation::Resealed(Some(
-                self.new.seal_in_place(&mut sealed)?,
-            ))),
-            Ok(()) => Ok(PartsRotation::Resealed(None)),
-            Err(EnvelopeError::DoesNotOpen) => {
-                match self.new.open_in_place(&iv, &tag, &mut sealed.ciphertext) {
-                    Ok(_) => Ok(PartsRotation::AlreadyCurrent),
-                    Err(EnvelopeError::DoesNotOpen) => Err(EnvelopeError::OpensWithNeitherKey),
-                    Err(other) => Err(other),
-                }
-            }
-            Err(other) => Err(other),
+        match self.decide(&iv, &tag, &mut sealed.ciphertext)? {
+            None => Ok(PartsRotation::AlreadyCurrent),
+            Some(by) => Ok(PartsRotation::Resealed {
+                parts: if reseal {
+                    Some(self.new.seal_in_place(&mut sealed)?)
+                } else {
+                    None
+                },
+                by,
+            }),
         }
     }
 }
@@ -694,7 +802,11 @@ mod tests {
             with_extra["keyId"] = json!("v1");
             with_extra["note"] = json!({"kept": [1, 2]});
             let text = with_extra.to_string();
-            let Rotation::Resealed(out) = rotator.rotate(&text, true).unwrap() else {
+            let Rotation::Resealed {
+                envelope: out,
+                by: 0,
+            } = rotator.rotate(&text, true).unwrap()
+            else {
                 panic!("expected a re-seal");
             };
             assert_eq!(new.open(&out).unwrap().as_slice(), plaintext.as_bytes());
@@ -740,8 +852,10 @@ mod tests {
         let new = Cipher::new(&v.key_b);
         for (plaintext, envelope) in &v.good {
             let under_old = sealed(envelope).into_sealed();
-            let PartsRotation::Resealed(Some(parts)) =
-                rotator.rotate_sealed(under_old.clone(), true).unwrap()
+            let PartsRotation::Resealed {
+                parts: Some(parts),
+                by: 0,
+            } = rotator.rotate_sealed(under_old.clone(), true).unwrap()
             else {
                 panic!("expected a re-seal");
             };
@@ -762,7 +876,7 @@ mod tests {
             ));
             assert!(matches!(
                 rotator.rotate_sealed(under_old.clone(), false),
-                Ok(PartsRotation::Resealed(None))
+                Ok(PartsRotation::Resealed { parts: None, by: 0 })
             ));
             let key_c = Key::parse("6fYx3zeZFQ1n6rJbJdX6bHvZ9kD0n2o8o5H1lY0GkQ4=").unwrap();
             let stranger = Rotator::new(&v.key_b, &key_c);
@@ -778,6 +892,72 @@ mod tests {
         ));
         let debug = format!("{not_utf8:?}");
         assert!(!debug.contains('['), "Debug prints lengths only: {debug}");
+    }
+
+    /// Several old keys: each envelope is re-sealed under the new key, reporting the old key
+    /// that opened it, whichever key opened the row before; an envelope under the new key is
+    /// current; one under none of them is refused naming old_keys; a census names the key.
+    #[test]
+    fn several_old_keys_report_the_key_that_opened_each_envelope() {
+        let v = vectors();
+        let key_c = Key::parse("6fYx3zeZFQ1n6rJbJdX6bHvZ9kD0n2o8o5H1lY0GkQ4=").unwrap();
+        let key_d = Key::generate().unwrap();
+        let olds = [v.key_a.clone(), v.key_b.clone(), key_c.clone()];
+        let rotator = Rotator::with_old_keys(&olds, &key_d);
+        assert_eq!(rotator.old_keys(), 3);
+        let new = Cipher::new(&key_d);
+        let ring = KeyRing::new(&olds);
+        // Alternating keys defeat "the previous row's key first": every order is exercised.
+        for (i, which) in [2, 2, 0, 1, 0, 2, 1, 1].into_iter().enumerate() {
+            let plaintext = format!("{{\"token\":\"t{i}\"}}");
+            let envelope = Cipher::new(&olds[which])
+                .seal(plaintext.as_bytes())
+                .unwrap();
+            assert_eq!(ring.identify_text(&envelope.to_json()), Ok(Some(which)));
+            let Rotation::Resealed { envelope: out, by } =
+                rotator.rotate(&envelope.to_json(), true).unwrap()
+            else {
+                panic!("expected a re-seal");
+            };
+            assert_eq!(by, which);
+            assert_eq!(new.open(&out).unwrap().as_slice(), plaintext.as_bytes());
+            assert!(matches!(
+                rotator.rotate(&out.to_json(), true),
+                Ok(Rotation::AlreadyCurrent)
+            ));
+            let (sealed, _) = Cipher::new(&olds[which])
+                .seal_parts(plaintext.as_bytes())
+                .unwrap();
+            assert!(matches!(
+                rotator.rotate_sealed(sealed.clone(), false),
+                Ok(PartsRotation::Resealed { parts: None, by }) if by == which
+            ));
+            assert_eq!(ring.identify(sealed), Ok(which));
+        }
+        let stranger = Cipher::new(&Key::generate().unwrap()).seal(b"{}").unwrap();
+        assert_eq!(
+            rotator.rotate(&stranger.to_json(), true).unwrap_err(),
+            EnvelopeError::OpensWithNoKey
+        );
+        assert_eq!(
+            ring.identify_text(&stranger.to_json()),
+            Err(EnvelopeError::DoesNotOpen)
+        );
+        assert_eq!(ring.identify_text("{}"), Ok(None));
+        assert_eq!(ring.identify_text("[]"), Err(EnvelopeError::NotAnObject));
+        // The one-key form keeps its message.
+        assert_eq!(
+            Rotator::new(&v.key_a, &key_d)
+                .rotate(&stranger.to_json(), true)
+                .unwrap_err(),
+            EnvelopeError::OpensWithNeitherKey
+        );
+        // A plaintext that is not UTF-8 is refused, not re-sealed, by whichever key opens it.
+        let not_utf8 = Cipher::new(&key_c).seal(&[0xff, 0xfe]).unwrap();
+        assert_eq!(
+            rotator.rotate(&not_utf8.to_json(), true).unwrap_err(),
+            EnvelopeError::PlaintextNotUtf8
+        );
     }
 
     #[test]
@@ -834,7 +1014,8 @@ mod tests {
         let v = vectors();
         let rotator = Rotator::new(&v.key_a, &v.key_b);
         let text = v.good[0].1.to_string();
-        let Rotation::Resealed(same) = rotator.rotate(&text, false).unwrap() else {
+        let Rotation::Resealed { envelope: same, .. } = rotator.rotate(&text, false).unwrap()
+        else {
             panic!("expected the dry run to find it rotatable");
         };
         assert_eq!(same.into_value(), v.good[0].1);

@@ -15,6 +15,23 @@ pub enum Error {
     InvalidKey { arg: &'static str, reason: KeyError },
     #[error("old_key and new_key are the same key")]
     SameKey,
+    /// A key of an array argument, named by its position (from 1), never by its value.
+    #[error("{arg}[{position}] is not a valid key: {reason}")]
+    InvalidKeyAt {
+        arg: &'static str,
+        position: usize,
+        reason: KeyError,
+    },
+    #[error("{0} holds no key")]
+    NoKeys(&'static str),
+    #[error("{arg}[{second}] is the same key as {arg}[{first}]")]
+    DuplicateKey {
+        arg: &'static str,
+        first: usize,
+        second: usize,
+    },
+    #[error("new_key is the same key as old_keys[{position}]")]
+    NewKeyAmongOld { position: usize },
     #[error("{0} must not be NULL")]
     NullArgument(&'static str),
     #[error("relation \"{0}\" does not exist")]
@@ -41,6 +58,8 @@ pub enum Error {
     RowSecurity(String),
     #[error("relation {0} was renamed or replaced while the call waited for its lock")]
     ConcurrentChange(String),
+    #[error("a rotation of {table} would run code of another role, which can read the keys from the statement: {code}")]
+    ForeignTableCode { table: String, code: String },
     #[error("permission denied for procedure {0}")]
     PermissionDenied(&'static str),
     #[error("relation {0} has no primary key")]
@@ -57,12 +76,27 @@ pub enum Error {
     RowsSkipped { table: String, skipped: i64 },
     #[error("{0} is only called by credential_reencrypt and credential_verify")]
     NotInCall(&'static str),
+    #[error("{0} is only called by credential_key_census")]
+    NotInCensus(&'static str),
     #[error("credential_reencrypt and credential_verify cannot be nested")]
     Nested,
     #[error("credential_reencrypt must run in a READ COMMITTED transaction")]
     IsolationLevel,
     #[error("the operating system's random number generator failed")]
     Random,
+    /// Text with no exact equivalent across the database encoding and UTF-8 (the encoding of
+    /// every plaintext). Names what, never its content.
+    #[error("{what} has a character with no equivalent in encoding \"{to}\" (from \"{from}\")")]
+    Untranslatable {
+        what: &'static str,
+        from: &'static str,
+        to: &'static str,
+    },
+    /// SQL_ASCII text that must be UTF-8 (a plaintext, JSON, a name) and is not.
+    #[error("{0} is not valid UTF-8, as every plaintext is (the database encoding is SQL_ASCII)")]
+    NotUtf8(&'static str),
+    #[error("{0} holds a NUL character, which no text value can hold")]
+    NulCharacter(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("SPI error: {0}")]
@@ -79,23 +113,33 @@ impl Error {
     fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
-            Error::InvalidKey { .. } | Error::SameKey | Error::NullArgument(_) => {
-                ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            Error::InvalidKey { .. }
+            | Error::SameKey
+            | Error::NullArgument(_)
+            | Error::InvalidKeyAt { .. }
+            | Error::NoKeys(_)
+            | Error::DuplicateKey { .. }
+            | Error::NewKeyAmongOld { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
             Error::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
             Error::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
             Error::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
             Error::WrongColumnType { .. } | Error::WrongTimestampType { .. } => {
                 ERRCODE_DATATYPE_MISMATCH
             }
-            Error::NoPrimaryKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::NoPrimaryKey(_) | Error::ForeignTableCode { .. } => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             Error::RowSecurity(_) | Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             // The caller's name no longer denotes the table it resolved: retrying is right.
             Error::ConcurrentChange(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
             Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            Error::NotInCall(_) | Error::Nested => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::NotInCall(_) | Error::NotInCensus(_) | Error::Nested => {
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             Error::IsolationLevel => ERRCODE_ACTIVE_SQL_TRANSACTION,
+            Error::Untranslatable { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
+            Error::NotUtf8(_) | Error::NulCharacter(_) => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
             Error::Random | Error::Internal(_) | Error::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -105,13 +149,16 @@ impl Error {
             Error::Row { .. } | Error::RowsSkipped { .. } => {
                 Some("No row was changed. credential_verify_rows() lists every row that does not open with a key.")
             }
-            Error::InvalidKey { .. } => Some(
+            Error::InvalidKey { .. } | Error::InvalidKeyAt { .. } => Some(
                 "A key is the standard base64 of 32 random bytes, as credential_generate_key() returns.",
             ),
             Error::RowSecurity(_) => Some(
                 "Nothing was read or changed. Run it as the table's owner (unless the table has FORCE ROW LEVEL SECURITY), as a role with BYPASSRLS, or as a superuser.",
             ),
             Error::ConcurrentChange(_) => Some("Nothing was changed. Call it again."),
+            Error::ForeignTableCode { .. } => Some(
+                "Nothing was changed. Review that code; run the rotation as its owner, or accept it with SET LOCAL credential_rotate.trust_table_code = on. Keys passed as bound parameters never appear in the statement text.",
+            ),
             Error::IsolationLevel => Some(
                 "Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot predates the table lock, so rows written while waiting for it would be missed. Use BEGIN ISOLATION LEVEL READ COMMITTED (or a dry run).",
             ),
@@ -121,7 +168,11 @@ impl Error {
 
     /// Raises this error as a Postgres ERROR. Never returns.
     pub fn report(self) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "credential_rotate");
+        let mut report = ErrorReport::new(
+            self.sqlstate(),
+            crate::encoding::message(self.to_string()),
+            "credential_rotate",
+        );
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
         }
@@ -134,7 +185,9 @@ fn envelope_sqlstate(reason: EnvelopeError) -> PgSqlErrorCode {
     use PgSqlErrorCode::*;
     match reason {
         // Well formed, but the key does not open it: the data and the key do not belong together.
-        EnvelopeError::DoesNotOpen | EnvelopeError::OpensWithNeitherKey => ERRCODE_DATA_EXCEPTION,
+        EnvelopeError::DoesNotOpen
+        | EnvelopeError::OpensWithNeitherKey
+        | EnvelopeError::OpensWithNoKey => ERRCODE_DATA_EXCEPTION,
         EnvelopeError::Random => ERRCODE_INTERNAL_ERROR,
         EnvelopeError::DamagedJsonb => ERRCODE_DATA_CORRUPTED,
         EnvelopeError::TooLarge => ERRCODE_PROGRAM_LIMIT_EXCEEDED,

@@ -4,8 +4,10 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use zeroize::Zeroizing;
 
+use pgrx::datum::Array;
 use pgrx::PgMemoryContexts;
 
+use crate::encoding::DbText;
 use crate::envelope::{Cipher, EnvelopeError, PartsRotation, Rotation, Rotator, Sealed, Secret};
 use crate::error::{Error, OrReport};
 use crate::hygiene;
@@ -21,6 +23,50 @@ pub fn parse_key(arg: &'static str, text: Option<&str>) -> Result<Key, Error> {
     Key::parse(text).map_err(|reason| Error::InvalidKey { arg, reason })
 }
 
+/// Parses an array of keys: at least one, none NULL, none twice (the same 32 bytes, however
+/// spelt). A refusal names the argument and the position, from 1, never a key.
+pub fn parse_key_list<'a>(
+    arg: &'static str,
+    texts: impl IntoIterator<Item = Option<&'a str>>,
+) -> Result<Vec<Key>, Error> {
+    let mut keys: Vec<Key> = Vec::new();
+    for (i, text) in texts.into_iter().enumerate() {
+        let position = i + 1;
+        let at = |reason| Error::InvalidKeyAt {
+            arg,
+            position,
+            reason,
+        };
+        let key = Key::parse(text.ok_or(at(KeyError::Null))?).map_err(at)?;
+        if let Some(first) = keys.iter().position(|k| *k == key) {
+            return Err(Error::DuplicateKey {
+                arg,
+                first: first + 1,
+                second: position,
+            });
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err(Error::NoKeys(arg));
+    }
+    Ok(keys)
+}
+
+/// The keys of a rotation from several old keys: `old_keys` as [`parse_key_list`] checks them,
+/// and a `new_key` that is none of them.
+pub fn parse_rotation_keys<'a>(
+    old_keys: Option<impl IntoIterator<Item = Option<&'a str>>>,
+    new_key: Option<&str>,
+) -> Result<(Vec<Key>, Key), Error> {
+    let old = parse_key_list("old_keys", old_keys.ok_or(Error::NullArgument("old_keys"))?)?;
+    let new = parse_key("new_key", new_key)?;
+    if let Some(i) = old.iter().position(|k| *k == new) {
+        return Err(Error::NewKeyAmongOld { position: i + 1 });
+    }
+    Ok((old, new))
+}
+
 fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
     hygiene::mark_statement();
     let key = parse_key("key", key).or_report();
@@ -33,7 +79,9 @@ fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
 fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> Option<JsonB> {
     hygiene::mark_statement();
-    let text = Zeroizing::new(plaintext?.to_text());
+    // In a non-UTF-8 database jsonb_out writes the database encoding: the application seals
+    // UTF-8, so the text is converted, exactly or not at all.
+    let text = Zeroizing::new(plaintext?.to_text("the plaintext").or_report());
     // jsonb_out writes `{"a": 1}`; the application seals JSON.stringify's `{"a":1}`.
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|_| Error::Envelope(EnvelopeError::NotJson))
@@ -42,13 +90,17 @@ fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> O
     Some(seal(compact.as_bytes(), key))
 }
 
-/// Seals the exact bytes of `plaintext` under `key`.
+/// Seals the exact characters of `plaintext` under `key`, as the UTF-8 the application
+/// seals whatever the database encoding.
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
-fn credential_encrypt_text(plaintext: Option<&str>, key: Option<&str>) -> Option<JsonB> {
-    Some(seal(plaintext?.as_bytes(), key))
+fn credential_encrypt_text(plaintext: Option<DbText>, key: Option<&str>) -> Option<JsonB> {
+    hygiene::mark_statement();
+    let plaintext = plaintext?;
+    let utf8 = plaintext.to_utf8("the plaintext").or_report();
+    Some(seal(utf8.as_bytes(), key))
 }
 
-fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<String> {
+fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<DbText> {
     hygiene::mark_statement();
     let key = parse_key("key", key).or_report();
     let plaintext = Cipher::new(&key).open_sealed(&sealed?).or_report();
@@ -56,7 +108,10 @@ fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<String> {
     let text = std::str::from_utf8(&plaintext)
         .map_err(|_| Error::Envelope(EnvelopeError::PlaintextNotUtf8))
         .or_report();
-    Some(text.to_owned())
+    // The plaintext is UTF-8; the result is text in the database encoding. A character the
+    // database cannot hold is refused (22P05): a lossy or mislabelled plaintext would be
+    // written back by the application as a different secret.
+    Some(DbText::from_utf8(text, "the plaintext").or_report())
 }
 
 /// Opens an envelope to the exact plaintext text the application sealed. `{}` (no secret
@@ -67,7 +122,7 @@ fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<String> {
 /// extended statistics, or be folded into a plan at planning time, storing plaintext and the
 /// key's use in the catalog or on disk. VOLATILE rules all of that out.
 #[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
-fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Option<String> {
+fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Option<DbText> {
     // First: an envelope refused below must not leave the key-bearing statement unmarked.
     hygiene::mark_statement();
     // SAFETY: the argument is declared jsonb.
@@ -76,9 +131,11 @@ fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Op
 }
 
 #[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
-fn credential_decrypt_text(envelope: Option<&str>, key: Option<&str>) -> Option<String> {
+fn credential_decrypt_text(envelope: Option<DbText>, key: Option<&str>) -> Option<DbText> {
     hygiene::mark_statement();
-    let sealed = match Secret::parse(envelope?).or_report() {
+    let envelope = envelope?;
+    let envelope = envelope.to_utf8("the envelope").or_report();
+    let sealed = match Secret::parse(&envelope).or_report() {
         Secret::Empty => None,
         Secret::Sealed(envelope) => Some(envelope.into_sealed()),
     };
@@ -96,6 +153,17 @@ fn _credential_check_keys(old_key: Option<&str>, new_key: Option<&str>) -> bool 
     if old == new {
         Error::SameKey.report();
     }
+    true
+}
+
+/// As `_credential_check_keys(text, text)` for several old keys.
+#[pg_extern(volatile, parallel_safe, name = "_credential_check_keys")]
+fn _credential_check_old_keys<'a>(
+    old_keys: Option<Array<'a, &'a str>>,
+    new_key: Option<&str>,
+) -> bool {
+    hygiene::mark_statement();
+    parse_rotation_keys(old_keys.as_ref().map(|a| a.iter()), new_key).or_report();
     true
 }
 
@@ -118,39 +186,42 @@ fn credential_key_fingerprint(key: Option<&str>) -> String {
 /// AES key schedules once, not once per row. Dropped (and wiped) with the call site's memory
 /// context at the end of the statement.
 struct CallSiteKeys {
-    old_text: Zeroizing<String>,
+    /// The old key texts as given: one `old_key`, or the elements of `old_keys`.
+    old_texts: Vec<Zeroizing<String>>,
     new_text: Zeroizing<String>,
     rotator: Rotator,
 }
 
-/// The rotator for these key texts, from the call site's cache when the texts are unchanged.
+/// The rotator for these key texts, from the call site's cache when the texts are unchanged,
+/// else from `build`.
 ///
 /// # Safety
 /// `fcinfo` must be the FunctionCallInfo of the current call.
-unsafe fn call_site_rotator<'a>(
+unsafe fn call_site_rotator<'a, 'k, I: Iterator<Item = Option<&'k str>>>(
     fcinfo: pg_sys::FunctionCallInfo,
-    old_key: Option<&str>,
+    old_texts: impl Fn() -> I,
     new_key: Option<&str>,
+    build: impl FnOnce() -> Result<Rotator, Error>,
 ) -> &'a Rotator {
     // SAFETY: the caller passes the current call's fcinfo; flinfo lives as long as the call
     // site, and fn_extra is ours to manage within fn_mcxt.
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         let cached = (*flinfo).fn_extra as *mut CallSiteKeys;
-        if let (Some(cached), Some(old), Some(new)) = (cached.as_ref(), old_key, new_key) {
-            if cached.old_text.as_str() == old && cached.new_text.as_str() == new {
+        if let (Some(cached), Some(new)) = (cached.as_ref(), new_key) {
+            // Only keys that were accepted are cached: a NULL or empty list never matches.
+            let same_old = old_texts().eq(cached.old_texts.iter().map(|t| Some(t.as_str())));
+            if same_old && cached.new_text.as_str() == new {
                 return &cached.rotator;
             }
         }
-        let old = parse_key("old_key", old_key).or_report();
-        let new = parse_key("new_key", new_key).or_report();
-        if old == new {
-            Error::SameKey.report();
-        }
+        let rotator = build().or_report();
         let keys = CallSiteKeys {
-            old_text: Zeroizing::new(old_key.unwrap_or_default().to_owned()),
+            old_texts: old_texts()
+                .map(|t| Zeroizing::new(t.unwrap_or_default().to_owned()))
+                .collect(),
             new_text: Zeroizing::new(new_key.unwrap_or_default().to_owned()),
-            rotator: Rotator::new(&old, &new),
+            rotator,
         };
         if let Some(cached) = cached.as_mut() {
             // Keys that change from row to row: replace in place, no growth per row.
@@ -170,8 +241,89 @@ fn call_site(
     new_key: Option<&str>,
 ) -> &'static Rotator {
     hygiene::mark_statement();
+    let build = || {
+        let old = parse_key("old_key", old_key)?;
+        let new = parse_key("new_key", new_key)?;
+        if old == new {
+            return Err(Error::SameKey);
+        }
+        Ok(Rotator::new(&old, &new))
+    };
     // SAFETY: fcinfo is the current call's; the cache outlives this call.
-    unsafe { call_site_rotator(fcinfo, old_key, new_key) }
+    unsafe { call_site_rotator(fcinfo, || std::iter::once(old_key), new_key, build) }
+}
+
+/// As [`call_site`] for several old keys.
+fn call_site_keys<'a>(
+    fcinfo: pg_sys::FunctionCallInfo,
+    old_keys: Option<&Array<'a, &'a str>>,
+    new_key: Option<&str>,
+) -> &'static Rotator {
+    hygiene::mark_statement();
+    let build = || {
+        let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
+        Ok(Rotator::with_old_keys(&old, &new))
+    };
+    let texts = || old_keys.into_iter().flat_map(|a| a.iter());
+    // SAFETY: fcinfo is the current call's; the cache outlives this call.
+    unsafe { call_site_rotator(fcinfo, texts, new_key, build) }
+}
+
+fn reencrypt_value_jsonb(envelope: RawJsonb, rotator: &Rotator) -> RawJsonb {
+    // SAFETY: the argument is declared jsonb.
+    let Some(sealed) = (unsafe { envelope.sealed() }).or_report() else {
+        return envelope;
+    };
+    match rotator.rotate_sealed(sealed, true).or_report() {
+        // SAFETY: the three fields were just decoded from this value.
+        PartsRotation::Resealed {
+            parts: Some(parts), ..
+        } => unsafe { envelope.with_parts(&parts) },
+        PartsRotation::Resealed { parts: None, .. } | PartsRotation::AlreadyCurrent => envelope,
+    }
+}
+
+/// The envelope's own fields are ASCII, other fields it carries need not be: read as UTF-8,
+/// and a re-sealed envelope written back in the database encoding (exact: every character
+/// came from it). An unchanged value is returned as stored.
+fn reencrypt_value_text(envelope: DbText, rotator: &Rotator) -> DbText {
+    let resealed = {
+        let text = envelope.to_utf8("the envelope").or_report();
+        match rotator.rotate(&text, true).or_report() {
+            Rotation::Resealed { envelope, .. } => Some(envelope.into_json()),
+            Rotation::AlreadyCurrent | Rotation::Empty => None,
+        }
+    };
+    match resealed {
+        Some(json) => DbText::from_utf8(&json, "the envelope").or_report(),
+        None => envelope,
+    }
+}
+
+/// As `credential_reencrypt_value(jsonb, text, text)`, from whichever of `old_keys` opens the
+/// envelope.
+#[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
+fn credential_reencrypt_value_jsonb_keys<'a>(
+    envelope: Option<RawJsonb>,
+    old_keys: Option<Array<'a, &'a str>>,
+    new_key: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<RawJsonb> {
+    let envelope = envelope?;
+    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key);
+    Some(reencrypt_value_jsonb(envelope, rotator))
+}
+
+#[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
+fn credential_reencrypt_value_text_keys<'a>(
+    envelope: Option<DbText>,
+    old_keys: Option<Array<'a, &'a str>>,
+    new_key: Option<&str>,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<DbText> {
+    let envelope = envelope?;
+    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key);
+    Some(reencrypt_value_text(envelope, rotator))
 }
 
 /// One envelope re-sealed from `old_key` to `new_key`; the same value when it already opens
@@ -187,28 +339,17 @@ fn credential_reencrypt_value_jsonb(
 ) -> Option<RawJsonb> {
     let envelope = envelope?;
     let rotator = call_site(fcinfo, old_key, new_key);
-    // SAFETY: the argument is declared jsonb.
-    let Some(sealed) = (unsafe { envelope.sealed() }).or_report() else {
-        return Some(envelope);
-    };
-    match rotator.rotate_sealed(sealed, true).or_report() {
-        // SAFETY: the three fields were just decoded from this value.
-        PartsRotation::Resealed(Some(parts)) => Some(unsafe { envelope.with_parts(&parts) }),
-        PartsRotation::Resealed(None) | PartsRotation::AlreadyCurrent => Some(envelope),
-    }
+    Some(reencrypt_value_jsonb(envelope, rotator))
 }
 
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_text(
-    envelope: Option<&str>,
+    envelope: Option<DbText>,
     old_key: Option<&str>,
     new_key: Option<&str>,
     fcinfo: pg_sys::FunctionCallInfo,
-) -> Option<String> {
+) -> Option<DbText> {
     let envelope = envelope?;
     let rotator = call_site(fcinfo, old_key, new_key);
-    match rotator.rotate(envelope, true).or_report() {
-        Rotation::Resealed(resealed) => Some(resealed.into_json()),
-        Rotation::AlreadyCurrent | Rotation::Empty => Some(envelope.to_owned()),
-    }
+    Some(reencrypt_value_text(envelope, rotator))
 }

@@ -155,13 +155,14 @@ impl RawJsonb {
         }
     }
 
-    /// The value's JSON text, as `jsonb_out` writes it.
-    pub fn to_text(&self) -> String {
+    /// The value's JSON text, as `jsonb_out` writes it, converted from the database encoding
+    /// to UTF-8 exactly (`what` names it in the error otherwise).
+    pub fn to_text(&self, what: &'static str) -> Result<String, crate::error::Error> {
         // SAFETY: jsonb_out takes one jsonb datum and returns a cstring.
         let text =
             unsafe { pgrx::direct_function_call::<&CStr>(pg_sys::jsonb_out, &[Some(self.0)]) };
-        text.map(|t| t.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        let bytes = text.map(CStr::to_bytes).unwrap_or_default();
+        Ok(crate::encoding::to_utf8(bytes, what)?.into_owned())
     }
 
     /// A copy of this envelope with its `iv`, `ciphertext` and `authTag` replaced and every

@@ -5,6 +5,7 @@
 //! - [`container`]: the pure reader and splice of a stored jsonb container; [`jsonb`] feeds
 //!   it a datum.
 //! - [`error`]: the one error type and its SQLSTATEs.
+//! - [`encoding`]: text between the database encoding and the UTF-8 of every plaintext.
 //! - [`functions`], [`rotate`], [`target`]: the SQL surface; [`call`]: the per-call state the
 //!   row helpers share, wiped on every exit path.
 //! - [`hygiene`]: keeping keys out of the server log.
@@ -14,6 +15,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub mod call;
 pub mod container;
+pub mod encoding;
 pub mod envelope;
 pub mod error;
 pub mod functions;
@@ -63,10 +65,35 @@ extension_sql_file!(
         functions::_credential_check_keys,
     ]
 );
+// Several old keys (0.3.0): the audit column, the procedure's array form and the new
+// descriptions; the upgrade script repeats these statements.
+extension_sql_file!(
+    "../sql/several_keys.sql",
+    name = "several_keys",
+    requires = [
+        "audit",
+        "descriptions_0_2_0",
+        rotate::credential_reencrypt_keys,
+        rotate::_credential_reencrypt_blocks_keys,
+        rotate::credential_key_census,
+        rotate::_credential_census_status,
+        rotate::_credential_census_status_jsonb,
+        functions::credential_reencrypt_value_jsonb_keys,
+        functions::credential_reencrypt_value_text_keys,
+        functions::_credential_check_old_keys,
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", finalize);
 
 /// `credential_rotate.progress_rows`: a NOTICE every this many rows scanned; 0 silences it.
 pub static PROGRESS_ROWS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+
+/// `credential_rotate.trust_table_code`: run a rotation even when the table carries code of
+/// another role (triggers, rules, index expressions, constraints, generated columns) that could
+/// read the keys from the statement text. Superuser-only (or `GRANT SET ON PARAMETER`): a
+/// table's or database's owner must not be able to turn the check off for the DBA by
+/// `ALTER DATABASE … SET` or `ALTER ROLE … SET`.
+pub static TRUST_TABLE_CODE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
@@ -80,6 +107,14 @@ pub extern "C-unwind" fn _PG_init() {
         0,
         i32::MAX,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"credential_rotate.trust_table_code",
+        c"Lets credential_reencrypt run code of other roles attached to the table.",
+        c"Triggers, rules, index expressions, constraints and generated columns run inside the rotation and can read its statement text, keys included. Off: such code is refused.",
+        &TRUST_TABLE_CODE,
+        GucContext::Suset,
         GucFlags::default(),
     );
 }

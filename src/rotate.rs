@@ -17,14 +17,17 @@
 
 use std::rc::Rc;
 
+use pgrx::datum::Array;
 use pgrx::prelude::*;
 
 use crate::call::{self, ActiveCall, AuditRecord, Counts, Stashed, Work};
-use crate::envelope::{Cipher, EnvelopeError, PartsRotation, Rotation, Rotator, Status};
+use crate::encoding::{self, DbText, GetText};
+use crate::envelope::{Cipher, EnvelopeError, KeyRing, PartsRotation, Rotation, Rotator, Status};
 use crate::error::{Error, OrReport};
-use crate::functions::parse_key;
+use crate::functions::{parse_key, parse_key_list, parse_rotation_keys};
 use crate::hygiene;
 use crate::jsonb::RawJsonb;
+use crate::key::Key;
 use crate::target::{ColumnType, Lock, Target};
 
 /// Re-encrypts every secret of the target column from `old_key` to `new_key`, in place, in
@@ -33,8 +36,8 @@ use crate::target::{ColumnType, Lock, Target};
 fn credential_reencrypt(
     old_key: Option<&str>,
     new_key: Option<&str>,
-    target_table: default!(Option<&str>, "'credential_profiles'"),
-    secret_column: default!(Option<&str>, "'secret'"),
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
     dry_run: default!(Option<bool>, false),
     touch_updated_at: default!(Option<bool>, false),
 ) -> TableIterator<
@@ -53,7 +56,14 @@ fn credential_reencrypt(
             touch_updated_at: touch_updated_at.ok_or(Error::NullArgument("touch_updated_at"))?,
             blocks: None,
         };
-        rotate(old_key, new_key, target_table, secret_column, options)
+        rotate(
+            KeyArgs::One(old_key),
+            new_key,
+            target_table,
+            secret_column,
+            options,
+        )
+        .map(|r| r.counts)
     })()
     .or_report();
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
@@ -70,8 +80,8 @@ fn credential_reencrypt(
 fn _credential_reencrypt_blocks(
     old_key: Option<&str>,
     new_key: Option<&str>,
-    target_table: Option<&str>,
-    secret_column: Option<&str>,
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
     first_block: Option<i64>,
     end_block: Option<i64>,
 ) -> TableIterator<
@@ -86,18 +96,19 @@ fn _credential_reencrypt_blocks(
     hygiene::mark_statement();
     let c = (|| {
         may_execute_batched()?;
-        let blocks = match (first_block, end_block) {
-            (Some(first), Some(end)) => Some((first, end)),
-            (None, None) => None,
-            (None, Some(_)) => return Err(Error::NullArgument("first_block")),
-            (Some(_), None) => return Err(Error::NullArgument("end_block")),
-        };
         let options = Options {
             dry_run: false,
             touch_updated_at: false,
-            blocks,
+            blocks: block_range(first_block, end_block)?,
         };
-        rotate(old_key, new_key, target_table, secret_column, options)
+        rotate(
+            KeyArgs::One(old_key),
+            new_key,
+            target_table,
+            secret_column,
+            options,
+        )
+        .map(|r| r.counts)
     })()
     .or_report();
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
@@ -133,20 +144,55 @@ struct Options {
     blocks: Option<(i64, i64)>,
 }
 
+/// The old key argument of a rotation as given: `old_key`, or `old_keys`.
+enum KeyArgs<'b, 'a> {
+    One(Option<&'b str>),
+    Several(Option<&'b Array<'a, &'a str>>),
+}
+
+/// What a rotation did: its counts, and the rows each old key opened, by fingerprint, in the
+/// order the keys were given.
+struct Rotated {
+    counts: Counts,
+    opened_by: Vec<(String, i64)>,
+}
+
 fn rotate(
-    old_key: Option<&str>,
+    old_keys: KeyArgs<'_, '_>,
     new_key: Option<&str>,
-    target_table: Option<&str>,
-    secret_column: Option<&str>,
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
     options: Options,
-) -> Result<Counts, Error> {
-    let old = parse_key("old_key", old_key)?;
-    let new = parse_key("new_key", new_key)?;
-    if old == new {
-        return Err(Error::SameKey);
-    }
+) -> Result<Rotated, Error> {
+    // Parsed, the ciphers built and the fingerprints taken, the keys are dropped (and wiped).
+    let (rotator, old_fingerprints, new_fingerprint) = match old_keys {
+        KeyArgs::One(old_key) => {
+            let old = parse_key("old_key", old_key)?;
+            let new = parse_key("new_key", new_key)?;
+            if old == new {
+                return Err(Error::SameKey);
+            }
+            (
+                Rotator::new(&old, &new),
+                vec![old.fingerprint()],
+                new.fingerprint(),
+            )
+        }
+        KeyArgs::Several(old_keys) => {
+            let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
+            (
+                Rotator::with_old_keys(&old, &new),
+                old.iter().map(Key::fingerprint).collect(),
+                new.fingerprint(),
+            )
+        }
+    };
     let table = target_table.ok_or(Error::NullArgument("target_table"))?;
     let column = secret_column.ok_or(Error::NullArgument("secret_column"))?;
+    let (table, column) = (
+        table.to_utf8("target_table")?,
+        column.to_utf8("secret_column")?,
+    );
     let Options {
         dry_run,
         touch_updated_at: touch,
@@ -159,17 +205,18 @@ fn rotate(
     if !dry_run && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         return Err(Error::IsolationLevel);
     }
-    let rotator = Rc::new(Rotator::new(&old, &new));
-    let fingerprints = (old.fingerprint(), new.fingerprint());
-    drop((old, new));
+    let rotator = Rc::new(rotator);
 
-    Spi::connect_mut(|client| -> Result<Counts, Error> {
+    Spi::connect_mut(|client| -> Result<Rotated, Error> {
         let lock = if dry_run {
             Lock::AccessShare
         } else {
             Lock::ShareRowExclusive
         };
-        let target = Rc::new(Target::resolve(client, table, column, lock)?);
+        let target = Rc::new(Target::resolve(client, &table, &column, lock)?);
+        if !dry_run {
+            target.refuse_foreign_code(client)?;
+        }
         let touch_column = if touch {
             Some(target.timestamp_column(client, "updated_at")?)
         } else {
@@ -229,11 +276,18 @@ fn rotate(
         let guard = call::install(Work::Rotate { rotator, dry_run }, Rc::clone(&target))?;
         let args: Vec<pgrx::datum::DatumWithOid> =
             range_args.iter().map(|a| a.as_str().into()).collect();
-        let processed = client.update(&statement, None, &args)?.len() as i64;
+        let processed = client
+            .update(&encoding::sql(&statement)?, None, &args)?
+            .len() as i64;
         let counts = guard.counts();
+        let opened_by: Vec<(String, i64)> = old_fingerprints
+            .iter()
+            .cloned()
+            .zip(guard.opened_by())
+            .collect();
         drop(guard);
         if dry_run {
-            return Ok(counts);
+            return Ok(Rotated { counts, opened_by });
         }
         if processed != counts.updated {
             return Err(Error::RowsSkipped {
@@ -244,7 +298,7 @@ fn rotate(
         let rotated_by = client
             .select("SELECT current_user::pg_catalog.text", Some(1), &[])?
             .first()
-            .get_one::<String>()?
+            .get_text(1)?
             .unwrap_or_default();
         let _pending = call::set_pending_audit(AuditRecord {
             ext_schema: target.ext_schema.clone(),
@@ -252,15 +306,19 @@ fn rotate(
             target_table: target.relation.clone(),
             secret_column: target.column.clone(),
             counts,
-            old_fingerprint: fingerprints.0,
-            new_fingerprint: fingerprints.1,
+            opened_by: opened_by.clone(),
+            old_fingerprint: old_fingerprints.join(","),
+            new_fingerprint,
         });
         client.update(
-            &format!("SELECT {}._credential_audit_append()", target.ext_schema),
+            &encoding::sql(&format!(
+                "SELECT {}._credential_audit_append()",
+                target.ext_schema
+            ))?,
             None,
             &[],
         )?;
-        Ok(counts)
+        Ok(Rotated { counts, opened_by })
     })
 }
 
@@ -274,30 +332,64 @@ fn _credential_audit_append() -> bool {
     let record = call::take_pending_audit()
         .ok_or(Error::NotInCall("_credential_audit_append"))
         .or_report();
-    Spi::connect_mut(|client| {
-        client
-            .update(
-                &format!(
-                    "INSERT INTO {}.credential_rotate_audit
+    let rows_by_old_key = serde_json::Value::Object(
+        record
+            .opened_by
+            .iter()
+            .map(|(fingerprint, rows)| (fingerprint.clone(), (*rows).into()))
+            .collect(),
+    )
+    .to_string();
+    // A database still at an earlier version (the library is installed before ALTER EXTENSION
+    // UPDATE runs) has no rows_by_old_key column: its rotations are audited without it.
+    let by_key_column = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                          JOIN pg_catalog.pg_extension e ON e.extnamespace = c.relnamespace
+                         WHERE e.extname = 'credential_rotate'
+                           AND c.relname = 'credential_rotate_audit'
+                           AND a.attname = 'rows_by_old_key' AND NOT a.attisdropped)",
+    )
+    .map_err(Error::from)
+    .or_report()
+    .unwrap_or(false);
+    let (by_key_name, by_key_value) = if by_key_column {
+        (", rows_by_old_key", ", $10::pg_catalog.jsonb")
+    } else {
+        ("", "")
+    };
+    // Names in the database encoding: the statement text and the three name parameters.
+    let (statement, rotated_by, target_table, secret_column) = (|| -> Result<_, Error> {
+        Ok((
+            encoding::sql(&format!(
+                "INSERT INTO {}.credential_rotate_audit
                    (rotated_by, target_table, secret_column, scanned, updated, already_current,
-                    empty, old_key_fingerprint, new_key_fingerprint)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    record.ext_schema
-                ),
-                None,
-                &[
-                    record.rotated_by.as_str().into(),
-                    record.target_table.as_str().into(),
-                    record.secret_column.as_str().into(),
-                    record.counts.scanned.into(),
-                    record.counts.updated.into(),
-                    record.counts.already_current.into(),
-                    record.counts.empty.into(),
-                    record.old_fingerprint.as_str().into(),
-                    record.new_fingerprint.as_str().into(),
-                ],
-            )
-            .map(|_| true)
+                    empty, old_key_fingerprint, new_key_fingerprint{by_key_name})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9{by_key_value})",
+                record.ext_schema
+            ))?,
+            encoding::param(&record.rotated_by)?,
+            encoding::param(&record.target_table)?,
+            encoding::param(&record.secret_column)?,
+        ))
+    })()
+    .or_report();
+    Spi::connect_mut(|client| {
+        let mut args = vec![
+            rotated_by,
+            target_table,
+            secret_column,
+            record.counts.scanned.into(),
+            record.counts.updated.into(),
+            record.counts.already_current.into(),
+            record.counts.empty.into(),
+            record.old_fingerprint.as_str().into(),
+            record.new_fingerprint.as_str().into(),
+        ];
+        if by_key_column {
+            args.push(rows_by_old_key.as_str().into());
+        }
+        client.update(&statement, None, &args).map(|_| true)
     })
     .map_err(Error::from)
     .or_report()
@@ -307,8 +399,11 @@ fn _credential_audit_append() -> bool {
 enum RowOutcome {
     Empty,
     AlreadyCurrent,
-    /// Opened with the old key; the re-sealed value to write (None in a dry run).
-    Rewrite(Option<Stashed>),
+    /// Opened with old key `by`; the re-sealed value to write (None in a dry run).
+    Rewrite {
+        stashed: Option<Stashed>,
+        by: usize,
+    },
 }
 
 /// The bookkeeping shared by both quals: find the active rotation, decide the row (with no
@@ -323,7 +418,7 @@ fn rotation_row(
 ) -> bool {
     let (rotator, reseal) = call::with_active(helper, |call| match &call.work {
         Work::Rotate { rotator, dry_run } => Ok((Rc::clone(rotator), !*dry_run)),
-        Work::Verify { .. } => Err(Error::NotInCall(helper)),
+        Work::Verify { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
     })
     .or_report();
     let decided = decide(&rotator, reseal);
@@ -339,8 +434,11 @@ fn rotation_row(
                 call.counts.already_current += 1;
                 Ok(false)
             }
-            Ok(RowOutcome::Rewrite(stashed)) => {
+            Ok(RowOutcome::Rewrite { stashed, by }) => {
                 call.counts.updated += 1;
+                if let Some(opened) = call.opened_by.get_mut(by) {
+                    *opened += 1;
+                }
                 call.stash = stashed.map(|value| (ctid, value));
                 Ok(true)
             }
@@ -365,7 +463,7 @@ fn rotation_row(
 fn _credential_reencrypt_row(
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
-    secret: Option<&str>,
+    secret: Option<DbText>,
 ) -> bool {
     rotation_row(
         "_credential_reencrypt_row",
@@ -375,12 +473,18 @@ fn _credential_reencrypt_row(
             let Some(secret) = secret else {
                 return Ok(RowOutcome::Empty);
             };
-            Ok(match rotator.rotate(secret, reseal)? {
+            // Read as UTF-8 (its own fields are ASCII; others need not be). The plaintext
+            // inside is opaque bytes: re-sealing never converts it.
+            let secret = secret
+                .to_utf8("the envelope")
+                .map_err(|_| EnvelopeError::NotJson)?;
+            Ok(match rotator.rotate(&secret, reseal)? {
                 Rotation::Empty => RowOutcome::Empty,
                 Rotation::AlreadyCurrent => RowOutcome::AlreadyCurrent,
-                Rotation::Resealed(envelope) => {
-                    RowOutcome::Rewrite(reseal.then(|| Stashed::Text(envelope.into_json())))
-                }
+                Rotation::Resealed { envelope, by } => RowOutcome::Rewrite {
+                    stashed: reseal.then(|| Stashed::Text(envelope.into_json())),
+                    by,
+                },
             })
         },
     )
@@ -408,7 +512,10 @@ fn _credential_reencrypt_row_jsonb(
             };
             Ok(match rotator.rotate_sealed(sealed, reseal)? {
                 PartsRotation::AlreadyCurrent => RowOutcome::AlreadyCurrent,
-                PartsRotation::Resealed(parts) => RowOutcome::Rewrite(parts.map(Stashed::Parts)),
+                PartsRotation::Resealed { parts, by } => RowOutcome::Rewrite {
+                    stashed: parts.map(Stashed::Parts),
+                    by,
+                },
             })
         },
     )
@@ -443,9 +550,10 @@ fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJs
 
 /// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> String {
+fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> DbText {
     match take_stashed("_credential_reencrypt_take", ctid) {
-        Ok(Stashed::Text(envelope)) => envelope,
+        // Back in the database encoding, which every character of it came from.
+        Ok(Stashed::Text(envelope)) => DbText::from_utf8(&envelope, "the envelope").or_report(),
         Ok(Stashed::Parts(_)) => {
             Error::Internal("jsonb parts stashed for a text row".into()).report()
         }
@@ -519,8 +627,8 @@ impl ProgressNotice {
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_verify(
     key: Option<&str>,
-    target_table: default!(Option<&str>, "'credential_profiles'"),
-    secret_column: default!(Option<&str>, "'secret'"),
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<
     'static,
     (
@@ -533,7 +641,7 @@ fn credential_verify(
     let counts = with_verify_call(key, target_table, secret_column, |client, target| {
         let row = client
             .select(
-                &format!(
+                &encoding::sql(&format!(
                     "SELECT count(*) FILTER (WHERE s = 'readable'),
                             count(*) FILTER (WHERE s = 'not_readable'),
                             count(*) FILTER (WHERE s = 'empty'),
@@ -541,7 +649,7 @@ fn credential_verify(
                        FROM (SELECT {status} AS s FROM {rel}) AS statuses",
                     status = status_expr(target),
                     rel = target.relation,
-                ),
+                ))?,
                 Some(1),
                 &[],
             )?
@@ -563,12 +671,12 @@ fn credential_verify(
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_verify_rows(
     key: Option<&str>,
-    target_table: default!(Option<&str>, "'credential_profiles'"),
-    secret_column: default!(Option<&str>, "'secret'"),
-) -> TableIterator<'static, (name!(primary_key, String), name!(reason, String))> {
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+) -> TableIterator<'static, (name!(primary_key, DbText), name!(reason, DbText))> {
     let rows = with_verify_call(key, target_table, secret_column, |client, target| {
         let table = client.select(
-            &format!(
+            &encoding::sql(&format!(
                 "SELECT $1 || '=(' || pk || ')',
                         CASE s WHEN 'not_readable' THEN 'the envelope does not open with the key'
                                ELSE s END
@@ -578,25 +686,32 @@ fn credential_verify_rows(
                 pk = target.pk_value_expr,
                 status = status_expr(target),
                 rel = target.relation,
-            ),
+            ))?,
             None,
-            &[target.pk_columns.as_str().into()],
+            &[encoding::param(&target.pk_columns)?],
         )?;
         let mut rows = Vec::new();
         for row in table {
-            let pk = row.get::<String>(1)?.unwrap_or_default();
-            let reason = row.get::<String>(2)?.unwrap_or_default();
+            let pk = row.get_text(1)?.unwrap_or_default();
+            let reason = row.get_text(2)?.unwrap_or_default();
             rows.push((pk, reason));
         }
         Ok(rows)
     });
-    TableIterator::new(rows)
+    // Each row's text is made when the row is returned: the SPI memory it was read in is gone,
+    // and a value made now would not outlive this first call of the set-returning function.
+    TableIterator::new(rows.into_iter().map(|(pk, reason)| {
+        (
+            DbText::from_utf8(&pk, "a primary key").or_report(),
+            DbText::from_utf8(&reason, "a reason").or_report(),
+        )
+    }))
 }
 
 fn with_verify_call<R>(
     key: Option<&str>,
-    target_table: Option<&str>,
-    secret_column: Option<&str>,
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
     body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
 ) -> R {
     hygiene::mark_statement();
@@ -604,10 +719,14 @@ fn with_verify_call<R>(
         let key = parse_key("key", key)?;
         let table = target_table.ok_or(Error::NullArgument("target_table"))?;
         let column = secret_column.ok_or(Error::NullArgument("secret_column"))?;
+        let (table, column) = (
+            table.to_utf8("target_table")?,
+            column.to_utf8("secret_column")?,
+        );
         let cipher = Rc::new(Cipher::new(&key));
         drop(key);
         Spi::connect_mut(|client| -> Result<R, Error> {
-            let target = Rc::new(Target::resolve(client, table, column, Lock::AccessShare)?);
+            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
             let _guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
             body(client, &target)
         })
@@ -658,7 +777,7 @@ fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Stat
             call.counts.scanned += 1;
             Ok(Rc::clone(cipher))
         }
-        Work::Rotate { .. } => Err(Error::NotInCall(helper)),
+        Work::Rotate { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
     })
     .or_report();
     match status(&cipher) {
@@ -672,13 +791,304 @@ fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Stat
 /// Per-row status under the active `credential_verify` key: `empty`, `readable`,
 /// `not_readable`, or the reason the value is malformed.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_status(secret: Option<&str>) -> String {
+fn _credential_status(secret: Option<DbText>) -> String {
     with_verify_cipher("_credential_status", |cipher| match secret {
         None => Status::Empty,
-        Some(secret) => cipher.status(secret),
+        Some(secret) => match secret.to_utf8("the envelope") {
+            Ok(secret) => cipher.status(&secret),
+            Err(_) => Status::Malformed(EnvelopeError::NotJson),
+        },
     })
 }
 
 fn same_tid(a: pg_sys::ItemPointerData, b: pg_sys::ItemPointerData) -> bool {
     pgrx::itemptr::item_pointer_to_u64(a) == pgrx::itemptr::item_pointer_to_u64(b)
+}
+
+/// As `credential_reencrypt(text, text, …)`, from any of several old keys: a row that opens
+/// with one of `old_keys` is re-sealed under `new_key`. Ends with a NOTICE of the rows each old
+/// key opened, by fingerprint, as the audit row records them.
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    name = "credential_reencrypt"
+)]
+fn credential_reencrypt_keys<'a>(
+    old_keys: Option<Array<'a, &'a str>>,
+    new_key: Option<&str>,
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+    dry_run: default!(Option<bool>, false),
+    touch_updated_at: default!(Option<bool>, false),
+) -> TableIterator<
+    'static,
+    (
+        name!(scanned, i64),
+        name!(updated, i64),
+        name!(already_current, i64),
+        name!(empty, i64),
+    ),
+> {
+    hygiene::mark_statement();
+    let (rotated, dry) = (|| {
+        let options = Options {
+            dry_run: dry_run.ok_or(Error::NullArgument("dry_run"))?,
+            touch_updated_at: touch_updated_at.ok_or(Error::NullArgument("touch_updated_at"))?,
+            blocks: None,
+        };
+        let dry = options.dry_run;
+        let rotated = rotate(
+            KeyArgs::Several(old_keys.as_ref()),
+            new_key,
+            target_table,
+            secret_column,
+            options,
+        )?;
+        Ok::<_, Error>((rotated, dry))
+    })()
+    .or_report();
+    opened_by_notice(&rotated, dry).report();
+    let c = rotated.counts;
+    TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
+}
+
+/// The final NOTICE of a rotation from several old keys: the rows each one opened.
+fn opened_by_notice(rotated: &Rotated, dry_run: bool) -> ProgressNotice {
+    let by_key = rotated
+        .opened_by
+        .iter()
+        .map(|(fingerprint, rows)| format!("{rows} with old key {fingerprint}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let verb = if dry_run {
+        "would re-seal"
+    } else {
+        "re-sealed"
+    };
+    ProgressNotice {
+        message: format!(
+            "credential_reencrypt {verb} {} rows, opened {by_key}",
+            rotated.counts.updated
+        ),
+        detail: "Keys are named by their fingerprint, as credential_key_fingerprint() gives it."
+            .into(),
+    }
+}
+
+/// As `_credential_reencrypt_blocks(text, text, …)` for several old keys; also returns the
+/// rows each old key opened, with the keys' fingerprints, for the procedure's final NOTICE.
+// pgrx reads the result columns from the signature: they cannot move into a type alias.
+#[allow(clippy::type_complexity)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    name = "_credential_reencrypt_blocks"
+)]
+fn _credential_reencrypt_blocks_keys<'a>(
+    old_keys: Option<Array<'a, &'a str>>,
+    new_key: Option<&str>,
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
+    first_block: Option<i64>,
+    end_block: Option<i64>,
+) -> TableIterator<
+    'static,
+    (
+        name!(scanned, i64),
+        name!(updated, i64),
+        name!(already_current, i64),
+        name!(empty, i64),
+        name!(opened_by, Vec<i64>),
+        name!(old_key_fingerprints, Vec<String>),
+    ),
+> {
+    hygiene::mark_statement();
+    let r = (|| {
+        may_execute_batched()?;
+        let options = Options {
+            dry_run: false,
+            touch_updated_at: false,
+            blocks: block_range(first_block, end_block)?,
+        };
+        rotate(
+            KeyArgs::Several(old_keys.as_ref()),
+            new_key,
+            target_table,
+            secret_column,
+            options,
+        )
+    })()
+    .or_report();
+    let c = r.counts;
+    let (fingerprints, opened): (Vec<String>, Vec<i64>) = r.opened_by.into_iter().unzip();
+    TableIterator::once((
+        c.scanned,
+        c.updated,
+        c.already_current,
+        c.empty,
+        opened,
+        fingerprints,
+    ))
+}
+
+/// The heap block range of one batch: both bounds, or neither for the whole table.
+fn block_range(
+    first_block: Option<i64>,
+    end_block: Option<i64>,
+) -> Result<Option<(i64, i64)>, Error> {
+    match (first_block, end_block) {
+        (Some(first), Some(end)) => Ok(Some((first, end))),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(Error::NullArgument("first_block")),
+        (Some(_), None) => Err(Error::NullArgument("end_block")),
+    }
+}
+
+/// Counts the rows of the target column that open with each of `keys`, in one scan: a
+/// `readable` row per key in the order given, then `not_readable`, `empty` and `malformed`
+/// (every row present, even at 0). Changes nothing; reads what `credential_verify` reads.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_key_census<'a>(
+    keys: Option<Array<'a, &'a str>>,
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(key_fingerprint, Option<String>),
+        name!(status, String),
+        name!(rows, i64),
+    ),
+> {
+    hygiene::mark_statement();
+    let rows = (|| {
+        let keys = parse_key_list("keys", keys.ok_or(Error::NullArgument("keys"))?.iter())?;
+        let table = target_table.ok_or(Error::NullArgument("target_table"))?;
+        let column = secret_column.ok_or(Error::NullArgument("secret_column"))?;
+        let (table, column) = (
+            table.to_utf8("target_table")?,
+            column.to_utf8("secret_column")?,
+        );
+        let fingerprints: Vec<String> = keys.iter().map(Key::fingerprint).collect();
+        let ring = Rc::new(KeyRing::new(&keys));
+        drop(keys);
+        Spi::connect_mut(|client| -> Result<_, Error> {
+            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
+            let helper = if target.column_type == ColumnType::Jsonb {
+                format!(
+                    "{}._credential_census_status_jsonb({})",
+                    target.ext_schema, target.column
+                )
+            } else {
+                format!(
+                    "{}._credential_census_status({}::pg_catalog.text)",
+                    target.ext_schema, target.column
+                )
+            };
+            let guard = call::install(Work::Census { keys: ring }, Rc::clone(&target))?;
+            // The helper counts each row into the call state; the count only drives the scan.
+            client.select(
+                &format!(
+                    "SELECT pg_catalog.count({helper}) FROM {rel}",
+                    rel = target.relation
+                ),
+                Some(1),
+                &[],
+            )?;
+            let counts = guard.counts();
+            let opened_by = guard.opened_by();
+            drop(guard);
+            let mut rows: Vec<(Option<String>, String, i64)> = fingerprints
+                .into_iter()
+                .zip(opened_by)
+                .map(|(fingerprint, n)| (Some(fingerprint), "readable".to_owned(), n))
+                .collect();
+            for (status, n) in [
+                ("not_readable", counts.not_readable),
+                ("empty", counts.empty),
+                ("malformed", counts.malformed),
+            ] {
+                rows.push((None, status.to_owned(), n));
+            }
+            Ok(rows)
+        })
+    })()
+    .or_report();
+    TableIterator::new(rows)
+}
+
+/// Counts one row of the active census under the key that opens it, with no borrow of the call
+/// state live while `identify` runs (reading the value may call Postgres). Returns the key's
+/// position in `keys`, from 1; 0 when none opens it, or it is empty or malformed.
+fn census_row(
+    helper: &'static str,
+    identify: impl FnOnce(&KeyRing) -> Result<Option<usize>, EnvelopeError>,
+) -> i32 {
+    let not_in_census = |e| match e {
+        Error::NotInCall(_) => Error::NotInCensus(helper),
+        other => other,
+    };
+    let keys = call::with_active(helper, |call| match &call.work {
+        Work::Census { keys } => Ok(Rc::clone(keys)),
+        Work::Rotate { .. } | Work::Verify { .. } => Err(Error::NotInCensus(helper)),
+    })
+    .map_err(not_in_census)
+    .or_report();
+    let found = identify(&keys);
+    drop(keys);
+    call::with_active(helper, |call| {
+        call.counts.scanned += 1;
+        Ok(match found {
+            Ok(None) => {
+                call.counts.empty += 1;
+                0
+            }
+            Ok(Some(i)) => {
+                if let Some(opened) = call.opened_by.get_mut(i) {
+                    *opened += 1;
+                }
+                i32::try_from(i + 1).unwrap_or(i32::MAX)
+            }
+            Err(EnvelopeError::DoesNotOpen) => {
+                call.counts.not_readable += 1;
+                0
+            }
+            Err(_) => {
+                call.counts.malformed += 1;
+                0
+            }
+        })
+    })
+    .map_err(not_in_census)
+    .or_report()
+}
+
+/// Per-row helper of `credential_key_census`: the position (from 1) of the census key that
+/// opens the secret, 0 when none does.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_census_status(secret: Option<DbText>) -> i32 {
+    census_row("_credential_census_status", |keys| match secret {
+        None => Ok(None),
+        Some(secret) => match secret.to_utf8("the envelope") {
+            Ok(secret) => keys.identify_text(&secret),
+            Err(_) => Err(EnvelopeError::NotJson),
+        },
+    })
+}
+
+/// As `_credential_census_status`, for a jsonb value read in its binary form.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_census_status_jsonb(secret: Option<RawJsonb>) -> i32 {
+    census_row("_credential_census_status_jsonb", |keys| {
+        let Some(secret) = secret else {
+            return Ok(None);
+        };
+        // SAFETY: the argument is declared jsonb.
+        match unsafe { secret.sealed() }? {
+            None => Ok(None),
+            Some(sealed) => keys.identify(sealed).map(Some),
+        }
+    })
 }

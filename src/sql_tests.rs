@@ -735,10 +735,14 @@ mod tests {
     }
 
     /// The helpers PUBLIC may execute; everything else needs a grant.
-    const PUBLIC_HELPERS: [&str; 9] = [
+    const PUBLIC_HELPERS: [&str; 13] = [
         "_credential_audit_append()",
+        "_credential_census_status(text)",
+        "_credential_census_status_jsonb(jsonb)",
         "_credential_check_keys(text,text)",
+        "_credential_check_keys(text[],text)",
         "_credential_reencrypt_blocks(text,text,text,text,bigint,bigint)",
+        "_credential_reencrypt_blocks(text[],text,text,text,bigint,bigint)",
         "_credential_reencrypt_row(oid,tid,text)",
         "_credential_reencrypt_row_jsonb(oid,tid,jsonb)",
         "_credential_reencrypt_take(tid)",
@@ -750,7 +754,8 @@ mod tests {
     #[pg_test]
     fn only_the_internal_helpers_are_executable_by_public_and_they_act_only_inside_a_call() {
         let public_exec = one::<String>(
-            "SELECT string_agg(replace(p.oid::regprocedure::text, ' ', ''), ' ' ORDER BY 1)
+            "SELECT string_agg(replace(p.oid::regprocedure::text, ' ', ''), ' '
+                               ORDER BY p.oid::regprocedure::text COLLATE \"C\")
                FROM pg_proc p
                JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
                JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'credential_rotate'
@@ -774,6 +779,8 @@ mod tests {
             "SELECT _credential_reencrypt_take_jsonb('(0,1)', '{}')",
             "SELECT _credential_status('{}')",
             "SELECT _credential_status_jsonb('{}')",
+            "SELECT _credential_census_status('{}')",
+            "SELECT _credential_census_status_jsonb('{}')",
             "SELECT _credential_audit_append()",
         ] {
             expect_error(call, "55000", "only called by");
@@ -948,6 +955,128 @@ mod tests {
             ),
             "42501",
             "row-level security is active on public.rls_parted_q",
+        );
+        run("RESET ROLE");
+    }
+
+    /// A table owned by another role (`app_owner_tc`), whose code records every statement it
+    /// runs in: the keys of a rotation would be in `captured`.
+    fn create_capturing_table(table: &str) {
+        create_profiles(table);
+        seed(table, 4, 0, KEY_A);
+        run("CREATE TABLE IF NOT EXISTS captured (q text)");
+        run("GRANT INSERT ON captured TO PUBLIC");
+        run(&format!("ALTER TABLE {table} OWNER TO app_owner_tc"));
+    }
+
+    /// Rows the table's code wrote. (Here the client statement is the test itself, so it would
+    /// not hold the keys; tests/pg_regress/sql/08_table_code.sql shows what a client's
+    /// statement exposes.)
+    fn captured_rows() -> i64 {
+        one::<i64>("SELECT count(*) FROM captured").unwrap_or(-1)
+    }
+
+    #[pg_test]
+    fn code_of_another_role_on_the_table_is_refused_before_it_can_read_the_keys() {
+        run("CREATE ROLE app_owner_tc NOLOGIN");
+        run("GRANT CREATE ON SCHEMA public TO app_owner_tc");
+        let rotate_ab = |table: &str| {
+            format!(
+                "SELECT * FROM credential_reencrypt({}, {}, '{table}')",
+                quote(KEY_A),
+                quote(KEY_B)
+            )
+        };
+        // 1. A trigger whose function belongs to the table's owner.
+        create_capturing_table("tc_trigger");
+        run("SET ROLE app_owner_tc");
+        run(
+            "CREATE FUNCTION capture_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO captured VALUES (current_query()); RETURN NEW; END $$",
+        );
+        run("CREATE TRIGGER capture BEFORE UPDATE ON tc_trigger FOR EACH ROW EXECUTE FUNCTION capture_trigger()");
+        run("RESET ROLE");
+        let before = snapshot("tc_trigger");
+        let err = expect_error(
+            &rotate_ab("tc_trigger"),
+            "55000",
+            "trigger capture on tc_trigger (capture_trigger(), owned by app_owner_tc)",
+        );
+        assert!(!err.contains(KEY_A) && !err.contains(KEY_B));
+        assert_eq!(snapshot("tc_trigger"), before);
+        assert_eq!(captured_rows(), 0);
+        // A dry run and a verification run no table code: they go on.
+        assert_eq!(
+            reencrypt(KEY_A, KEY_B, ", 'tc_trigger', dry_run => true"),
+            (4, 4, 0, 0)
+        );
+        assert_eq!(verify(KEY_A, ", 'tc_trigger'"), (4, 0, 0, 0));
+        assert_eq!(captured_rows(), 0);
+
+        // 2. An expression index on another column, with a function of the owner's.
+        create_capturing_table("tc_index");
+        run("SET ROLE app_owner_tc");
+        run(
+            // An IMMUTABLE PL/pgSQL function may not INSERT; it can still keep what it sees.
+            "CREATE FUNCTION capture_index(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+             BEGIN PERFORM set_config('tc.captured', current_query(), false); RETURN t; END $$",
+        );
+        run("CREATE INDEX tc_index_name ON tc_index (capture_index(name))");
+        run("RESET ROLE");
+        expect_error(
+            &rotate_ab("tc_index"),
+            "55000",
+            "index tc_index_name (capture_index(text), owned by app_owner_tc)",
+        );
+        let seen = one::<String>("SELECT current_setting('tc.captured', true)").unwrap_or_default();
+        assert!(!seen.contains(KEY_A) && !seen.contains(KEY_B));
+
+        // 3. An UPDATE rule of the owner's.
+        create_capturing_table("tc_rule");
+        run("SET ROLE app_owner_tc");
+        run("CREATE RULE capture_rule AS ON UPDATE TO tc_rule DO ALSO INSERT INTO captured VALUES (current_query())");
+        run("RESET ROLE");
+        expect_error(
+            &rotate_ab("tc_rule"),
+            "55000",
+            "rule capture_rule on tc_rule (owned by app_owner_tc)",
+        );
+        assert_eq!(captured_rows(), 0);
+
+        // 4. A policy never runs in a rotation: the roles it applies to are refused first,
+        //    and for everybody else (here a superuser) it does not run at all.
+        create_capturing_table("tc_policy");
+        run("SET ROLE app_owner_tc");
+        run(
+            "CREATE FUNCTION capture_policy() RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO captured VALUES (current_query()); RETURN true; END $$",
+        );
+        run("ALTER TABLE tc_policy ENABLE ROW LEVEL SECURITY");
+        run("CREATE POLICY capture ON tc_policy USING (capture_policy())");
+        run("RESET ROLE");
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'tc_policy'"), (4, 4, 0, 0));
+        assert_eq!(captured_rows(), 0);
+
+        // Code the caller owns is the caller's own: it runs.
+        create_profiles("tc_own");
+        seed("tc_own", 2, 0, KEY_A);
+        run("CREATE INDEX tc_own_name ON tc_own (lower(name))");
+        run("CREATE FUNCTION own_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$");
+        run("CREATE TRIGGER own BEFORE UPDATE ON tc_own FOR EACH ROW EXECUTE FUNCTION own_trigger()");
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'tc_own'"), (2, 2, 0, 0));
+
+        // The explicit opt-in accepts the code, which then sees the statement and its keys:
+        // exactly the exposure the refusal prevents.
+        run("SET LOCAL credential_rotate.trust_table_code = on");
+        assert_eq!(reencrypt(KEY_A, KEY_B, ", 'tc_trigger'"), (4, 4, 0, 0));
+        assert_eq!(captured_rows(), 4);
+        run("SET LOCAL credential_rotate.trust_table_code = off");
+        // Only a superuser (or a role granted SET on it) may accept it.
+        run("SET ROLE app_owner_tc");
+        expect_error(
+            "SET credential_rotate.trust_table_code = on",
+            "42501",
+            "permission denied to set parameter",
         );
         run("RESET ROLE");
     }
@@ -1204,5 +1333,362 @@ mod tests {
             "22023",
             "progress_rows",
         );
+    }
+
+    /// The rows of a census, as `fingerprint|status|rows` lines (`-` for no fingerprint).
+    fn census(keys: &[&str], extra: &str) -> String {
+        let array = keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+        one::<String>(&format!(
+            "SELECT string_agg(coalesce(key_fingerprint, '-') || '|' || status || '|' || rows,
+                               E'\\n' ORDER BY n)
+               FROM credential_key_census(ARRAY[{array}]{extra}) WITH ORDINALITY AS c(key_fingerprint, status, rows, n)"
+        ))
+        .unwrap_or_default()
+    }
+
+    fn fingerprint(key: &str) -> String {
+        one::<String>(&format!(
+            "SELECT credential_key_fingerprint({})",
+            quote(key)
+        ))
+        .unwrap_or_default()
+    }
+
+    /// Seeds rows `<prefix>1..n` under `key`, interleaved with other seeds by the caller.
+    fn seed_under(table: &str, prefix: &str, n: i32, key: &str) {
+        run(&format!(
+            "INSERT INTO {table} (id, name, secret)
+             SELECT '{prefix}' || i, '{prefix} ' || i,
+                    credential_encrypt(jsonb_build_object('token', '{prefix}' || i), {k})
+               FROM generate_series(1, {n}) i",
+            k = quote(key)
+        ));
+    }
+
+    #[pg_test]
+    fn several_old_keys_rotate_in_one_call_and_count_rows_per_key() {
+        let key_d = one::<String>("SELECT credential_generate_key()").unwrap_or_default();
+        for (table, cast) in [("sk1", ""), ("sk1_text", "::text")] {
+            create_profiles(table);
+            if !cast.is_empty() {
+                run(&format!(
+                    "ALTER TABLE {table} ALTER secret DROP DEFAULT, ALTER secret TYPE text USING secret::text,
+                       ALTER secret SET DEFAULT '{{}}'"
+                ));
+            }
+            // Rows under three old keys, interleaved in the heap, plus one current and one empty.
+            for round in 0..3 {
+                seed_under(table, &format!("a{round}-"), 2, KEY_A);
+                seed_under(table, &format!("b{round}-"), 1, KEY_B);
+                seed_under(table, &format!("c{round}-"), 3, KEY_C);
+            }
+            seed_under(table, "d-", 1, &key_d);
+            run(&format!(
+                "INSERT INTO {table} (id, name) VALUES ('e', 'empty')"
+            ));
+            run(&format!(
+                "CREATE TEMP TABLE {table}_plain AS SELECT id, secret{cast} AS before FROM {table}"
+            ));
+            let call = format!(
+                "SELECT * FROM credential_reencrypt(ARRAY[{a}, {b}, {c}], {d}, '{table}')",
+                a = quote(KEY_A),
+                b = quote(KEY_B),
+                c = quote(KEY_C),
+                d = quote(&key_d)
+            );
+            assert_eq!(counts(&call), (20, 18, 1, 1), "{table}");
+            assert_eq!(verify(&key_d, &format!(", '{table}'")), (19, 0, 1, 0));
+            // The same plaintext as before, under the new key.
+            let mismatched = one::<i64>(&format!(
+                "SELECT count(*) FROM {table} t JOIN {table}_plain p USING (id)
+                  WHERE t.secret <> '{{}}'
+                    AND credential_decrypt(t.secret{cast}, {d})::jsonb->>'token'
+                        IS DISTINCT FROM t.id",
+                d = quote(&key_d)
+            ));
+            assert_eq!(mismatched, Some(0), "{table}");
+            // The audit row counts the rows each old key opened, by fingerprint.
+            let audit = one::<String>(&format!(
+                "SELECT old_key_fingerprint || ' ' || new_key_fingerprint || ' ' || updated || ' '
+                        || (rows_by_old_key->>{fa}) || ',' || (rows_by_old_key->>{fb}) || ','
+                        || (rows_by_old_key->>{fc})
+                   FROM credential_rotate_audit WHERE target_table = 'public.{table}'",
+                fa = quote(&fingerprint(KEY_A)),
+                fb = quote(&fingerprint(KEY_B)),
+                fc = quote(&fingerprint(KEY_C)),
+            ));
+            assert_eq!(
+                audit,
+                Some(format!(
+                    "{},{},{} {} 18 6,3,9",
+                    fingerprint(KEY_A),
+                    fingerprint(KEY_B),
+                    fingerprint(KEY_C),
+                    fingerprint(&key_d)
+                ))
+            );
+            // Again: everything is current, nothing rewritten.
+            let before = snapshot(table);
+            assert_eq!(counts(&call), (20, 0, 19, 1));
+            assert_eq!(snapshot(table), before);
+        }
+    }
+
+    #[pg_test]
+    fn one_old_key_in_an_array_is_the_text_form_and_quoted_literals_still_call_the_text_form() {
+        create_profiles("sk2");
+        seed("sk2", 7, 1, KEY_A);
+        let (k_a, k_b) = (quote(KEY_A), quote(KEY_B));
+        assert_eq!(
+            counts(&format!(
+                "SELECT * FROM credential_reencrypt(ARRAY[{k_a}], {k_b}, 'sk2', dry_run => true)"
+            )),
+            reencrypt(KEY_A, KEY_B, ", 'sk2', dry_run => true")
+        );
+        // Unknown-typed literals resolve to the text form: its errors name old_key.
+        expect_error(
+            &format!("SELECT * FROM credential_reencrypt('not a key', {k_b}, 'sk2')"),
+            "22023",
+            "old_key is not a valid key",
+        );
+        expect_error(
+            &format!("SELECT * FROM credential_reencrypt({k_a}, {k_a}, 'sk2')"),
+            "22023",
+            "old_key and new_key are the same key",
+        );
+        let resolved = one::<String>(&format!(
+            "SELECT pg_typeof(x)::text FROM (SELECT credential_reencrypt_value('{{}}', {k_a}, {k_b}) AS x) s"
+        ));
+        assert_eq!(resolved.as_deref(), Some("text"));
+        // A row under neither key is named, under the array form's own wording.
+        run(&format!(
+            "INSERT INTO sk2 (id, name, secret) VALUES ('stray', 'stray', credential_encrypt('{{}}'::text, {}))",
+            quote(KEY_C)
+        ));
+        let before = snapshot("sk2");
+        let err = expect_error(
+            &format!("SELECT * FROM credential_reencrypt(ARRAY[{k_a}], {k_b}, 'sk2')"),
+            "22000",
+            "cannot re-encrypt row (id)=(stray) of public.sk2: the envelope does not open with any of old_keys or with new_key",
+        );
+        assert!(!err.contains(KEY_A) && !err.contains(KEY_B));
+        expect_error(
+            &format!("SELECT * FROM credential_reencrypt({k_a}, {k_b}, 'sk2')"),
+            "22000",
+            "does not open with old_key or new_key",
+        );
+        assert_eq!(snapshot("sk2"), before);
+    }
+
+    #[pg_test]
+    fn bad_key_lists_are_refused_by_argument_and_position_never_by_value() {
+        create_profiles("sk3");
+        seed("sk3", 3, 0, KEY_A);
+        let before = snapshot("sk3");
+        let (k_a, k_b, k_c) = (quote(KEY_A), quote(KEY_B), quote(KEY_C));
+        // KEY_A without its padding: the same 32 bytes, spelt differently.
+        let k_a2 = quote(KEY_A.trim_end_matches('='));
+        let cases = [
+            (
+                format!("credential_reencrypt('{{}}'::text[], {k_b}, 'sk3')"),
+                "old_keys holds no key",
+            ),
+            (
+                format!("credential_reencrypt(NULL::text[], {k_b}, 'sk3')"),
+                "old_keys must not be NULL",
+            ),
+            (
+                format!("credential_reencrypt(ARRAY[{k_a}, NULL], {k_b}, 'sk3')"),
+                "old_keys[2] is not a valid key: it is NULL",
+            ),
+            (
+                format!("credential_reencrypt(ARRAY[{k_c}, {k_a}, 'Zm9v'], {k_b}, 'sk3')"),
+                "old_keys[3] is not a valid key",
+            ),
+            (
+                format!("credential_reencrypt(ARRAY[{k_c}, {k_a}, {k_a2}], {k_b}, 'sk3')"),
+                "old_keys[3] is the same key as old_keys[2]",
+            ),
+            (
+                format!("credential_reencrypt(ARRAY[{k_a}, {k_b}], {k_b}, 'sk3')"),
+                "new_key is the same key as old_keys[2]",
+            ),
+            (
+                format!("credential_reencrypt(ARRAY[{k_a}], NULL, 'sk3')"),
+                "new_key is not a valid key",
+            ),
+            (
+                format!("credential_reencrypt_value(secret, ARRAY[{k_a}, {k_a}], {k_b}) FROM sk3"),
+                "old_keys[2] is the same key as old_keys[1]",
+            ),
+            (
+                format!("credential_reencrypt_value(secret::text, ARRAY[{k_b}], {k_b}) FROM sk3"),
+                "new_key is the same key as old_keys[1]",
+            ),
+            (
+                format!("_credential_check_keys(ARRAY[NULL, {k_a}], {k_b})"),
+                "old_keys[1] is not a valid key: it is NULL",
+            ),
+            (
+                format!("credential_key_census(ARRAY[{k_a}, {k_b}, {k_a2}], 'sk3')"),
+                "keys[3] is the same key as keys[1]",
+            ),
+            (
+                "credential_key_census('{}'::text[], 'sk3')".to_owned(),
+                "keys holds no key",
+            ),
+            (
+                "credential_key_census(NULL, 'sk3')".to_owned(),
+                "keys must not be NULL",
+            ),
+        ];
+        for (call, message) in cases {
+            let err = expect_error(&format!("SELECT {call}"), "22023", message);
+            for key in [KEY_A, KEY_B, KEY_C, KEY_A.trim_end_matches('=')] {
+                assert!(!err.contains(key), "{err}");
+            }
+        }
+        assert_eq!(snapshot("sk3"), before);
+    }
+
+    #[pg_test]
+    fn the_census_counts_each_key_in_the_order_given_and_changes_nothing() {
+        create_profiles("sk4");
+        seed_under("sk4", "a", 4, KEY_A);
+        seed_under("sk4", "b", 2, KEY_B);
+        seed_under("sk4", "c", 1, KEY_C);
+        run("INSERT INTO sk4 (id, name) VALUES ('e1', 'e1'), ('e2', 'e2')");
+        run(r#"INSERT INTO sk4 (id, name, secret) VALUES ('m', 'm', '{"algorithm":"rot13"}')"#);
+        let before = snapshot("sk4");
+        let (fa, fb, fc) = (fingerprint(KEY_A), fingerprint(KEY_B), fingerprint(KEY_C));
+        assert_eq!(
+            census(&[KEY_B, KEY_A], ", 'sk4'"),
+            format!("{fb}|readable|2\n{fa}|readable|4\n-|not_readable|1\n-|empty|2\n-|malformed|1")
+        );
+        assert_eq!(
+            census(&[KEY_C, KEY_A, KEY_B], ", 'sk4', 'secret'"),
+            format!("{fc}|readable|1\n{fa}|readable|4\n{fb}|readable|2\n-|not_readable|0\n-|empty|2\n-|malformed|1")
+        );
+        // The json and text paths agree with the jsonb one.
+        run("ALTER TABLE sk4 ALTER secret DROP DEFAULT, ALTER secret TYPE text USING secret::text");
+        assert_eq!(
+            census(&[KEY_B, KEY_A], ", 'sk4'"),
+            format!("{fb}|readable|2\n{fa}|readable|4\n-|not_readable|1\n-|empty|2\n-|malformed|1")
+        );
+        assert_eq!(snapshot("sk4"), before);
+        // Nothing is left behind: a verification of the same backend starts clean.
+        assert_eq!(verify(KEY_A, ", 'sk4'"), (4, 3, 2, 1));
+        // An empty table: every status row is still there, at 0.
+        create_profiles("sk4_empty");
+        assert_eq!(
+            census(&[KEY_A], ", 'sk4_empty'"),
+            format!("{fa}|readable|0\n-|not_readable|0\n-|empty|0\n-|malformed|0")
+        );
+    }
+
+    #[pg_test]
+    fn the_census_needs_the_privileges_of_credential_verify_and_refuses_row_level_security() {
+        create_rls_table("sk5");
+        run("CREATE ROLE sk5_viewer NOLOGIN");
+        run(
+            "GRANT EXECUTE ON FUNCTION credential_key_census(text[], text, text),
+               credential_verify(text, text, text) TO sk5_viewer",
+        );
+        let before = snapshot("sk5");
+        let census_call = format!(
+            "SELECT * FROM credential_key_census(ARRAY[{}], 'sk5')",
+            quote(KEY_A)
+        );
+        let verify_call = format!("SELECT * FROM credential_verify({}, 'sk5')", quote(KEY_A));
+        // Without SELECT on the table, then with it under a policy that hides rows: refused
+        // exactly as credential_verify is.
+        for grant in ["", "GRANT SELECT ON sk5 TO sk5_viewer"] {
+            if !grant.is_empty() {
+                run(grant);
+            }
+            run("SET ROLE sk5_viewer");
+            let census_err = expect_error(&census_call, "42501", "");
+            let verify_err = expect_error(&verify_call, "42501", "");
+            run("RESET ROLE");
+            assert_eq!(census_err, verify_err);
+            assert!(!census_err.contains(KEY_A));
+        }
+        run("SET ROLE sk5_viewer");
+        expect_error(
+            &census_call,
+            "42501",
+            "row-level security is active on public.sk5",
+        );
+        run("RESET ROLE");
+        run("REVOKE EXECUTE ON FUNCTION credential_key_census(text[], text, text) FROM sk5_viewer");
+        run("SET ROLE sk5_viewer");
+        expect_error(
+            &census_call,
+            "42501",
+            "permission denied for function credential_key_census",
+        );
+        run("RESET ROLE");
+        assert_eq!(snapshot("sk5"), before);
+        // The owner (a superuser here) sees every row.
+        assert_eq!(
+            census(&[KEY_A], ", 'sk5'"),
+            format!(
+                "{}|readable|10\n-|not_readable|0\n-|empty|2\n-|malformed|0",
+                fingerprint(KEY_A)
+            )
+        );
+    }
+
+    #[pg_test]
+    fn reencrypt_value_from_several_keys_follows_keys_that_change_from_row_to_row() {
+        run("CREATE TABLE sk6 (id int PRIMARY KEY, olds text[], k_new text, secret jsonb)");
+        run(&format!(
+            "INSERT INTO sk6 VALUES
+               (1, ARRAY[{a}, {b}], {c}, credential_encrypt('{{\"n\":1}}'::text, {b})),
+               (2, ARRAY[{a}, {b}], {c}, credential_encrypt('{{\"n\":2}}'::text, {a})),
+               (3, ARRAY[{c}], {a}, credential_encrypt('{{\"n\":3}}'::text, {c})),
+               (4, ARRAY[{b}, {c}], {a}, '{{}}')",
+            a = quote(KEY_A),
+            b = quote(KEY_B),
+            c = quote(KEY_C)
+        ));
+        run("UPDATE sk6 SET secret = credential_reencrypt_value(secret, olds, k_new)");
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(coalesce(credential_decrypt(secret, k_new), '-'), ',' ORDER BY id) FROM sk6"
+            )
+            .as_deref(),
+            Some(r#"{"n":1},{"n":2},{"n":3},-"#)
+        );
+        // The text form of the value function too, and an already-current value is unchanged.
+        run("UPDATE sk6 SET secret = credential_reencrypt_value(secret::text, olds, k_new)::jsonb WHERE id = 1");
+        assert_eq!(
+            one::<String>("SELECT credential_decrypt(secret, k_new) FROM sk6 WHERE id = 1")
+                .as_deref(),
+            Some(r#"{"n":1}"#)
+        );
+    }
+
+    #[pg_test]
+    fn the_batch_helper_from_several_keys_reports_the_rows_each_key_opened() {
+        create_profiles("sk7");
+        seed_under("sk7", "a", 3, KEY_A);
+        seed_under("sk7", "b", 2, KEY_B);
+        let row = one::<String>(&format!(
+            "SELECT scanned || ' ' || updated || ' ' || opened_by::text || ' ' || old_key_fingerprints::text
+               FROM _credential_reencrypt_blocks(ARRAY[{}, {}], {}, 'sk7', 'secret', NULL, NULL)",
+            quote(KEY_B),
+            quote(KEY_A),
+            quote(KEY_C)
+        ));
+        assert_eq!(
+            row,
+            Some(format!(
+                "5 5 {{2,3}} {{{},{}}}",
+                fingerprint(KEY_B),
+                fingerprint(KEY_A)
+            ))
+        );
+        assert_eq!(verify(KEY_C, ", 'sk7'"), (5, 0, 0, 0));
     }
 }

@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::encoding::{self, GetText};
 use crate::error::Error;
 
 /// The type of the secret column; the value is cast to text to be read and back to this type
@@ -82,6 +83,7 @@ impl Target {
         column: &str,
         lock: Lock,
     ) -> Result<Target, Error> {
+        check_name_syntax(table);
         let rel = client
             .select(
                 "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::pg_catalog.text
@@ -89,25 +91,53 @@ impl Target {
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.oid = pg_catalog.to_regclass($1)",
                 Some(1),
-                &[table.into()],
+                &[encoding::param(table)?],
             )?
             .first();
         if rel.is_empty() {
             return Err(Error::UndefinedTable(shown_name(table)));
         }
-        let (oid, relation, relkind) = rel.get_three::<pg_sys::Oid, String, String>()?;
+        let (oid, relation, relkind) = (
+            rel.get::<pg_sys::Oid>(1)?,
+            rel.get_text(2)?,
+            rel.get_text(3)?,
+        );
         let (Some(oid), Some(relation), Some(relkind)) = (oid, relation, relkind) else {
             return Err(Error::Internal("pg_class row with NULL fields".into()));
         };
         if relkind != "r" && relkind != "p" {
             return Err(Error::NotATable(relation));
         }
-        // LOCK TABLE checks the caller's privileges for the mode and honours lock_timeout.
-        client.update(
-            &format!("LOCK TABLE {relation} IN {} MODE", lock.sql()),
-            None,
-            &[],
-        )?;
+        match lock {
+            // LOCK TABLE checks the caller's privileges for the mode and honours lock_timeout.
+            Lock::ShareRowExclusive => {
+                client.update(
+                    &encoding::sql(&format!("LOCK TABLE {relation} IN {} MODE", lock.sql()))?,
+                    None,
+                    &[],
+                )?;
+            }
+            // Reading must work on a hot standby, where an SPI utility statement cannot run
+            // (pgrx assigns a transaction id for it): take the lock any SELECT takes, directly,
+            // and only for a role that may read the table, so that nobody can hold a lock on a
+            // table they cannot read. Without the privilege the scan reports it as usual.
+            Lock::AccessShare => {
+                let may_read = client
+                    .select(
+                        "SELECT pg_catalog.has_table_privilege($1, 'SELECT')",
+                        Some(1),
+                        &[oid.into()],
+                    )?
+                    .first()
+                    .get_one::<bool>()?;
+                if may_read == Some(true) {
+                    // SAFETY: a valid relation OID and lock mode; raises on lock_timeout.
+                    unsafe {
+                        pg_sys::LockRelationOid(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+                    };
+                }
+            }
+        }
         let still = client
             .select(
                 "SELECT pg_catalog.to_regclass($1) = c.oid
@@ -118,7 +148,11 @@ impl Target {
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE c.oid = $2",
                 Some(1),
-                &[table.into(), oid.into(), relation.as_str().into()],
+                &[
+                    encoding::param(table)?,
+                    oid.into(),
+                    encoding::param(&relation)?,
+                ],
             )?
             .first();
         if still.is_empty() || still.get::<bool>(1)? != Some(true) {
@@ -160,8 +194,8 @@ impl Target {
                 Some(1),
                 &[oid.into()],
             )?
-            .first()
-            .get_two::<String, String>()?;
+            .first();
+        let pk = (pk.get_text(1)?, pk.get_text(2)?);
         let (Some(pk_columns), Some(pk_value_expr)) = pk else {
             return Err(Error::NoPrimaryKey(relation));
         };
@@ -176,7 +210,7 @@ impl Target {
                 &[],
             )?
             .first()
-            .get_one::<String>()?
+            .get_text(1)?
             .ok_or_else(|| {
                 Error::Internal("extension credential_rotate is not installed".into())
             })?;
@@ -206,6 +240,84 @@ impl Target {
         Ok(quoted)
     }
 
+    /// Refuses a rewrite of this table (and of its partitions or inheritance children) when it
+    /// would run code that belongs to a role other than the caller: UPDATE triggers and their
+    /// WHEN clauses, UPDATE rules, functions in index expressions and predicates, in
+    /// constraints and in generated columns. Such code runs inside the rotation's statement and
+    /// can read its text, keys included (`current_query()`). Policies are not listed: they run
+    /// only for roles that row-level security applies to, and those are refused beforehand.
+    /// Built-in functions are trusted. `credential_rotate.trust_table_code` accepts the code.
+    pub fn refuse_foreign_code(&self, client: &SpiClient<'_>) -> Result<(), Error> {
+        if crate::TRUST_TABLE_CODE.get() {
+            return Ok(());
+        }
+        let found = client
+            .select(
+                "WITH RECURSIVE rels(oid) AS (
+                     SELECT $1::pg_catalog.oid
+                   UNION
+                     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN rels r ON i.inhparent = r.oid
+                 ),
+                 triggers AS (
+                     SELECT t.oid, pg_catalog.format('trigger %I on %s', t.tgname, t.tgrelid::pg_catalog.regclass) AS what,
+                            t.tgfoid
+                       FROM pg_catalog.pg_trigger t JOIN rels r ON t.tgrelid = r.oid
+                      WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+                        AND (t.tgtype::pg_catalog.int4 & 16) <> 0
+                 ),
+                 code(what, fn) AS (
+                     SELECT what, tgfoid FROM triggers
+                   UNION ALL
+                     SELECT t.what, d.refobjid FROM triggers t
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass
+                        AND d.objid = t.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   UNION ALL
+                     SELECT pg_catalog.format('index %s', x.indexrelid::pg_catalog.regclass), d.refobjid
+                       FROM pg_catalog.pg_index x JOIN rels r ON x.indrelid = r.oid
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                        AND d.objid = x.indexrelid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   UNION ALL
+                     SELECT pg_catalog.format('constraint %I on %s', c.conname, c.conrelid::pg_catalog.regclass), d.refobjid
+                       FROM pg_catalog.pg_constraint c JOIN rels r ON c.conrelid = r.oid
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+                        AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                   UNION ALL
+                     SELECT pg_catalog.format('generated column %I of %s', a.attname, a.attrelid::pg_catalog.regclass), d.refobjid
+                       FROM pg_catalog.pg_attrdef ad JOIN rels r ON ad.adrelid = r.oid
+                       JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+                        AND a.attgenerated <> ''
+                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                        AND d.objid = ad.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                 ),
+                 me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+                 foreign_code(what) AS (
+                     SELECT c.what || ' (' || p.oid::pg_catalog.regprocedure::pg_catalog.text
+                            || ', owned by ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p.proowner)) || ')'
+                       FROM code c JOIN pg_catalog.pg_proc p ON p.oid = c.fn
+                      WHERE p.oid >= 16384 AND p.proowner <> (SELECT oid FROM me)
+                   UNION
+                     SELECT pg_catalog.format('rule %I on %s (owned by %I)', w.rulename,
+                                              w.ev_class::pg_catalog.regclass, pg_catalog.pg_get_userbyid(cl.relowner))
+                       FROM pg_catalog.pg_rewrite w JOIN rels r ON w.ev_class = r.oid
+                       JOIN pg_catalog.pg_class cl ON cl.oid = w.ev_class
+                      WHERE w.rulename <> '_RETURN' AND w.ev_type IN ('2', '*')
+                        AND cl.relowner <> (SELECT oid FROM me)
+                 )
+                 SELECT pg_catalog.string_agg(what, '; ' ORDER BY what) FROM foreign_code",
+                Some(1),
+                &[self.oid.into()],
+            )?
+            .first()
+            .get_text(1)?;
+        match found {
+            None => Ok(()),
+            Some(code) => Err(Error::ForeignTableCode {
+                table: self.relation.clone(),
+                code,
+            }),
+        }
+    }
+
     /// The primary key of the row at (`tableoid`, `ctid`), as `(id)=(value)`, for messages.
     /// Only used on the error path, so the happy path never pays for formatting keys.
     pub fn describe_row(&self, tableoid: pg_sys::Oid, ctid: pg_sys::ItemPointerData) -> String {
@@ -213,16 +325,32 @@ impl Target {
             "SELECT {} FROM {} WHERE tableoid = $1 AND ctid = $2",
             self.pk_value_expr, self.relation
         );
-        let value = Spi::connect(|client| {
+        let value = Spi::connect(|client| -> Result<Option<String>, Error> {
             client
-                .select(&query, Some(1), &[tableoid.into(), ctid.into()])?
+                .select(
+                    &encoding::sql(&query)?,
+                    Some(1),
+                    &[tableoid.into(), ctid.into()],
+                )?
                 .first()
-                .get_one::<String>()
+                .get_text(1)
         });
         match value {
             Ok(Some(v)) => format!("{}=({})", self.pk_columns, v),
             _ => format!("{}=(?)", self.pk_columns),
         }
+    }
+}
+
+/// Raises Postgres' own `42602 invalid name syntax` for a malformed table name.
+/// `to_regclass` raises it on PostgreSQL 15 but returns NULL from 16 on; checking first gives
+/// the same answer on every version (and never a "does not exist" naming a malformed string).
+fn check_name_syntax(name: &str) {
+    let text = pgrx::rust_str_to_text_p(name);
+    // SAFETY: a valid text datum; the call only parses it (pgrx turns its ERROR into a panic
+    // that unwinds to the function's boundary).
+    unsafe {
+        pg_sys::textToQualifiedNameList(text.as_ptr().cast());
     }
 }
 
@@ -239,7 +367,7 @@ fn column_type(
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             Some(1),
-            &[oid.into(), column.into()],
+            &[oid.into(), encoding::param(column)?],
         )?
         .first();
     if row.is_empty() {
@@ -248,7 +376,7 @@ fn column_type(
             column: shown_name(column),
         });
     }
-    match row.get_two::<String, String>()? {
+    match (row.get_text(1)?, row.get_text(2)?) {
         (Some(ty), Some(quoted)) => Ok((ty, quoted)),
         _ => Err(Error::Internal("pg_attribute row with NULL fields".into())),
     }

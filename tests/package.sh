@@ -127,8 +127,10 @@ for major in "${versions[@]}"; do
     q -c "CREATE DATABASE package"
     q -d package -c "CREATE EXTENSION $EXT"
     seed package
-    got=$(q -d package -v old="$KEY_A" -v new="$KEY_B" \
-        -c "SELECT scanned || ' ' || updated || ' ' || already_current || ' ' || empty FROM credential_reencrypt(:'old', :'new')")
+    # psql interpolates variables in its input, not in -c.
+    got=$(echo "SELECT scanned || ' ' || updated || ' ' || already_current || ' ' || empty
+                  FROM credential_reencrypt(:'old', :'new')" |
+        q -d package -v old="$KEY_A" -v new="$KEY_B")
     # 6 vectors and 300 seeded rows, of which every 100th holds '{}'.
     [ "$got" = "306 303 0 3" ] || fail "pg$major: rotation counted $got, not 306 303 0 3"
     got=$(node_opens package "$KEY_B")

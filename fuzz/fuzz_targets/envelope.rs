@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = Cipher::new(&a).status(text);
     let rotator = Rotator::new(&a, &b);
-    if let Ok(Rotation::Resealed(envelope)) = rotator.rotate(text, true) {
+    if let Ok(Rotation::Resealed { envelope, .. }) = rotator.rotate(text, true) {
         // Whatever was re-sealed must now be current.
         let again = rotator.rotate(&envelope.into_json(), true);
         assert!(matches!(again, Ok(Rotation::AlreadyCurrent)));

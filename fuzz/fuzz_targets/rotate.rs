@@ -85,15 +85,18 @@ fn rotate_and_check(object: &Object<'_>, rotator: &Rotator, old: &Cipher, new: &
     let under_new = new.open_sealed(&sealed);
     let dry_run = rotator.rotate_sealed(sealed.clone(), false);
     match (&under_old, &dry_run) {
-        (Ok(_), Ok(PartsRotation::Resealed(None))) => {}
+        (Ok(_), Ok(PartsRotation::Resealed { parts: None, by: 0 })) => {}
         (Ok(_), _) => panic!("a dry run did not find rotatable an envelope the old key opens"),
-        (Err(_), Ok(PartsRotation::Resealed(_))) => {
+        (Err(_), Ok(PartsRotation::Resealed { .. })) => {
             panic!("a dry run would re-seal an envelope the old key does not open")
         }
         _ => {}
     }
     match rotator.rotate_sealed(sealed, true) {
-        Ok(PartsRotation::Resealed(Some(parts))) => {
+        Ok(PartsRotation::Resealed {
+            parts: Some(parts),
+            by: 0,
+        }) => {
             let Ok(plaintext) = under_old else {
                 panic!("re-sealed an envelope the old key does not open");
             };
@@ -142,7 +145,8 @@ fn rotate_and_check(object: &Object<'_>, rotator: &Rotator, old: &Cipher, new: &
                 "the rotated envelope does not open with the new key to the same plaintext"
             );
         }
-        Ok(PartsRotation::Resealed(None)) => panic!("a re-seal that wrote no parts"),
+        Ok(PartsRotation::Resealed { parts: None, .. }) => panic!("a re-seal that wrote no parts"),
+        Ok(PartsRotation::Resealed { by, .. }) => panic!("one old key, yet opened by old key {by}"),
         Ok(PartsRotation::AlreadyCurrent) => assert!(
             matches!(under_old, Err(EnvelopeError::DoesNotOpen)) && under_new.is_ok(),
             "called already current: old key {:?}, new key {:?}",

@@ -107,3 +107,56 @@ test('a key generated in Postgres is one the application accepts', () => {
   const envelope = sealSecret({ token: 't' }, key);
   assert.equal(query(`SELECT credential_decrypt(${sqlLiteral(JSON.stringify(envelope))}::jsonb, ${sqlLiteral(generated)})`).trim(), '{"token":"t"}');
 });
+
+test('rows sealed by node:crypto under three keys rotate in one call and open with the new key', async () => {
+  const { randomBytes } = await import('node:crypto');
+  // Three old keys as three deployments of the application held them, and a new one.
+  const oldTexts = [OLD, NEW, randomBytes(32).toString('base64')];
+  const newText = randomBytes(32).toString('base64');
+  const oldKeys = oldTexts.map(parseKey);
+  query('TRUNCATE credential_profiles');
+  const values = [];
+  const sealedWith = new Map();
+  for (let i = 0; i < 90; i++) {
+    const id = 'm' + String(i).padStart(3, '0');
+    // Runs of rows under one key, as successive deployments write them, then interleaved.
+    const k = i < 60 ? Math.floor(i / 20) : i % 3;
+    sealedWith.set(id, k);
+    const secret = { ...secrets[i % secrets.length], n: i };
+    values.push(`(${sqlLiteral(id)}, ${sqlLiteral('p' + i)}, ${sqlLiteral(JSON.stringify(sealSecret(secret, oldKeys[k])))}::jsonb)`);
+  }
+  values.push(`('m999', 'no secret', '{}'::jsonb)`);
+  query(`INSERT INTO credential_profiles (id, name, secret) VALUES ${values.join(',\n')}`);
+  const before = new Map(rows());
+  const array = `ARRAY[${oldTexts.map(sqlLiteral).join(', ')}]`;
+
+  const census = (keys) => query(`SELECT coalesce(key_fingerprint, '-'), status, rows FROM credential_key_census(ARRAY[${keys.map(sqlLiteral).join(', ')}])`)
+    .trim().split('\n').map((line) => line.split('|'));
+  const fingerprints = [...oldTexts, newText].map((k) => query(`SELECT credential_key_fingerprint(${sqlLiteral(k)})`).trim());
+  assert.deepEqual(census([...oldTexts, newText]), [
+    [fingerprints[0], 'readable', '30'], [fingerprints[1], 'readable', '30'],
+    [fingerprints[2], 'readable', '30'], [fingerprints[3], 'readable', '0'],
+    ['-', 'not_readable', '0'], ['-', 'empty', '1'], ['-', 'malformed', '0'],
+  ]);
+
+  const [scanned, updated, current, empty] = query(
+    `SELECT scanned, updated, already_current, empty FROM credential_reencrypt(${array}, ${sqlLiteral(newText)})`,
+  ).trim().split('|').map(Number);
+  assert.deepEqual({ scanned, updated, current, empty }, { scanned: 91, updated: 90, current: 0, empty: 1 });
+
+  const newKey = parseKey(newText);
+  for (const [id, rotated] of rows()) {
+    if (id === 'm999') { assert.deepEqual(rotated, {}); continue; }
+    const k = sealedWith.get(id);
+    // The application, now configured with the new key only, reads the same plaintext bytes.
+    assert.equal(openSecretText(rotated, newKey), openSecretText(before.get(id), oldKeys[k]));
+    for (const old of oldKeys) assert.throws(() => openSecret(rotated, old), /unable to authenticate|Unsupported state/);
+    assert.equal(rotated.keyId, 'v1');
+  }
+  assert.deepEqual(census([...oldTexts, newText]).map((r) => r[2]), ['0', '0', '0', '90', '0', '1', '0']);
+  // The audit row counts the rows each old key opened, by fingerprint; no key anywhere.
+  const audit = JSON.parse(query('SELECT rows_by_old_key FROM credential_rotate_audit ORDER BY id DESC LIMIT 1'));
+  assert.deepEqual(audit, { [fingerprints[0]]: 30, [fingerprints[1]]: 30, [fingerprints[2]]: 30 });
+  const auditText = query('SELECT row_to_json(a)::text FROM credential_rotate_audit a');
+  for (const k of [...oldTexts, newText]) assert.ok(!auditText.includes(k));
+});

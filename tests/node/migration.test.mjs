@@ -69,3 +69,41 @@ test('rotates from the environment and prints the counts; the application reads 
   const audit = psql('SELECT count(*) FROM credential_rotate_audit', { db: DB }).trim();
   assert.equal(audit, '2');
 });
+
+test('several old keys, comma-separated: every row opening with one of them is rotated', async () => {
+  const { randomBytes } = await import('node:crypto');
+  const third = randomBytes(32).toString('base64');
+  const seal = (key, i) => sqlLiteral(JSON.stringify(sealSecret({ token: `s${i}` }, parseKey(key))));
+  const rows = [];
+  for (let i = 0; i < 10; i++) rows.push(`('s${i}', 's ${i}', ${seal(OLD, i)})`);
+  for (let i = 10; i < 15; i++) rows.push(`('s${i}', 's ${i}', ${seal(third, i)})`);
+  rows.push(`('s15', 's 15', ${seal(NEW, 15)})`);
+  psql(`TRUNCATE credential_profiles;
+    INSERT INTO credential_profiles (id, name, secret) VALUES ${rows.join(',')};
+    INSERT INTO credential_profiles (id, name) VALUES ('s-empty', 'no secret');`, { db: DB });
+  const fp = (key) => psql(`SELECT credential_key_fingerprint(${sqlLiteral(key)})`, { db: DB }).trim();
+
+  // An empty entry is refused by its position, and nothing changes.
+  const before = snapshot();
+  const bad = run({ DATABASE_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: `${OLD},,${third}`, CREDENTIAL_ENCRYPTION_KEY_NEW: NEW });
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /old_keys\[2\] is not a valid key: it is empty \(SQLSTATE 22023\)/);
+  for (const k of [OLD, third, NEW]) assert.ok(!bad.stderr.includes(k) && !bad.stdout.includes(k));
+  assert.equal(snapshot(), before);
+
+  const r = run({ DATABASE_URL: url, CREDENTIAL_ENCRYPTION_KEY_OLD: `${OLD}, ${third}`, CREDENTIAL_ENCRYPTION_KEY_NEW: NEW });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), [
+    'scanned=17 updated=15 already_current=1 empty=1',
+    `opened 10 with old key ${fp(OLD)}, 5 with old key ${fp(third)}`,
+  ].join('\n'));
+  for (const k of [OLD, third, NEW]) assert.ok(!r.stderr.includes(k) && !r.stdout.includes(k));
+  const key = parseKey(NEW);
+  const secrets = psql("SELECT id || '|' || secret::text FROM credential_profiles WHERE secret <> '{}' ORDER BY id", { db: DB })
+    .trim().split('\n');
+  assert.equal(secrets.length, 16);
+  for (const line of secrets) {
+    const [id, secret] = [line.slice(0, line.indexOf('|')), line.slice(line.indexOf('|') + 1)];
+    assert.equal(openSecret(JSON.parse(secret), key).token, id);
+  }
+});

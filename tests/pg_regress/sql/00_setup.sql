@@ -12,7 +12,8 @@ CREATE TABLE credential_profiles (
   created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
   updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
--- What the extension installs; none of it is executable by PUBLIC.
+-- What the extension installs: only the internal helpers, which do nothing on their own, are
+-- executable by PUBLIC.
 SELECT p.oid::regprocedure AS function,
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_can_execute
   FROM pg_proc p

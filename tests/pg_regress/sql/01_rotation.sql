@@ -1,4 +1,7 @@
 -- A DBA's rotation, start to finish. Keys come from the secret store; here, two test keys.
+-- This file is UTF-8 (pg_regress sets the client encoding to the database's, LATIN1 or
+-- SQL_ASCII in some runs): say so, so that its literals and the output read the same in all.
+SET client_encoding = 'UTF8';
 \set old_key 'y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q='
 \set new_key 'PqY24adaBxBoQtbZuDIC7KFXE1iJzoKgRpTDjZVmOsc='
 BEGIN;
