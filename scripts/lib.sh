@@ -164,13 +164,13 @@ cluster_start() {
 
 # Starts the cluster made by cluster_start again, with the same settings (after a stop).
 cluster_start_again() {
-    sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w \
+    sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w -t 600 \
         -o "$CLUSTER_OPTS" start >/dev/null
 }
 
 cluster_stop() {
     if [ -n "${CLUSTER_DIR:-}" ] && [ -d "$CLUSTER_DIR/data" ]; then
-        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w -t 600 stop >/dev/null 2>&1 || true
         rm -rf "$CLUSTER_DIR"
     fi
 }

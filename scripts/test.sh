@@ -3,7 +3,7 @@
 # missing). On every supported PostgreSQL version: the Rust unit tests and #[pg_test]s, the
 # pg_regress suite, the isolation tests, the Node.js interop tests and the server-log hygiene
 # check. Once: formatting and lints, fuzzing, and on PostgreSQL 15 the faults, live writes,
-# hot standby and upgrade tests (README, "Supported PostgreSQL versions", says why).
+# hot standby and upgrade tests (docs/development.md says why).
 #   PG_VERSIONS="15 17" scripts/test.sh     narrows the run (default: all of 15 16 17 18);
 #                                           the PostgreSQL 15 once-only stages run when 15 is in
 set -uo pipefail
@@ -114,7 +114,7 @@ start_test_cluster() {
 ensure_deps "${VERSIONS[@]}" || exit 1
 
 stage "cargo fmt and clippy" lint
-stage "the README's grant block is the one the privileges test runs" bash tests/readme_grants.sh
+stage "the grant block of docs/security.md is the one the privileges test runs" bash tests/doc_grants.sh
 
 # On every version in PG_VERSIONS. Stage names start with "pgNN:".
 for version in "${VERSIONS[@]}"; do

@@ -1,5 +1,5 @@
 -- Nothing in this extension is executable by PUBLIC: every function either takes a key or
--- rewrites secrets. A rotation role gets EXECUTE explicitly (see README, "Privileges").
+-- rewrites secrets. A rotation role gets EXECUTE explicitly (see docs/security.md, "Privileges").
 DO $$
 DECLARE
     fn regprocedure;  -- functions and procedures alike
@@ -18,7 +18,7 @@ BEGIN
 END
 $$;
 -- ...except the internal helpers, which do nothing on their own, so that a rotation role
--- needs EXECUTE only on the functions it calls by name (README, "Privileges"):
+-- needs EXECUTE only on the functions it calls by name (docs/security.md, "Privileges"):
 -- - the per-row helpers and _credential_audit_append raise unless a credential_reencrypt or
 --   credential_verify call of the same backend, in the same (sub)transaction, is running or
 --   has just handed them its state; they never take a key;

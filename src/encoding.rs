@@ -20,6 +20,7 @@ use std::ffi::CStr;
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
+use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -162,7 +163,8 @@ pub fn message(text: String) -> String {
     out
 }
 
-/// A `text` argument or result in the database encoding, passed as the raw datum.
+/// A `text` argument or result in the database encoding, passed as the raw datum. Never a
+/// null datum: SQL NULL is `None` of an `Option<DbText>` argument (see the `ArgAbi` impl).
 pub struct DbText(pg_sys::Datum);
 
 impl DbText {
@@ -222,15 +224,21 @@ impl IntoDatum for DbText {
     }
 }
 
+// pgrx's text arguments (`&str`, `String`) do not convert from the database encoding, and it
+// has no other type that hands over a text datum as it is, so this one is ours. It goes
+// through `FromDatum` exactly as pgrx's own argument types do, so a NULL can only become
+// `None`: never a null datum.
 unsafe impl<'fcx> ArgAbi<'fcx> for DbText {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        // SAFETY: pgrx only calls this for a non-null argument of our declared type, text.
-        unsafe {
-            DbText(
-                arg.unbox_arg_using_from_datum::<DbText>()
-                    .map_or(pg_sys::Datum::from(0), |t| t.0),
-            )
-        }
+        let index = arg.index();
+        // SAFETY: the argument is declared text (SqlTranslatable below).
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| Error::NullDatum(index).report())
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }
 

@@ -34,6 +34,10 @@ pub enum Error {
     NewKeyAmongOld { position: usize },
     #[error("{0} must not be NULL")]
     NullArgument(&'static str),
+    /// A NULL reaching a non-`Option` argument: only STRICT functions take one, and Postgres
+    /// never calls them with a NULL. Refused rather than passed on as a null pointer.
+    #[error("argument {0} is NULL")]
+    NullDatum(usize),
     #[error("relation \"{0}\" does not exist")]
     UndefinedTable(String),
     #[error("\"{0}\" is not a table")]
@@ -109,6 +113,11 @@ impl From<EnvelopeError> for Error {
     }
 }
 
+/// An argument that must not be NULL: its value, or the error naming it.
+pub fn required<T>(value: Option<T>, arg: &'static str) -> Result<T, Error> {
+    value.ok_or(Error::NullArgument(arg))
+}
+
 impl Error {
     fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
@@ -116,6 +125,7 @@ impl Error {
             Error::InvalidKey { .. }
             | Error::SameKey
             | Error::NullArgument(_)
+            | Error::NullDatum(_)
             | Error::InvalidKeyAt { .. }
             | Error::NoKeys(_)
             | Error::DuplicateKey { .. }

@@ -8,8 +8,8 @@ use pgrx::datum::Array;
 use pgrx::PgMemoryContexts;
 
 use crate::encoding::DbText;
-use crate::envelope::{Cipher, EnvelopeError, PartsRotation, Rotation, Rotator, Sealed, Secret};
-use crate::error::{Error, OrReport};
+use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Sealed, Secret};
+use crate::error::{required, Error, OrReport};
 use crate::hygiene;
 use crate::jsonb::RawJsonb;
 use crate::key::{Key, KeyError};
@@ -59,7 +59,7 @@ pub fn parse_rotation_keys<'a>(
     old_keys: Option<impl IntoIterator<Item = Option<&'a str>>>,
     new_key: Option<&str>,
 ) -> Result<(Vec<Key>, Key), Error> {
-    let old = parse_key_list("old_keys", old_keys.ok_or(Error::NullArgument("old_keys"))?)?;
+    let old = parse_key_list("old_keys", required(old_keys, "old_keys")?)?;
     let new = parse_key("new_key", new_key)?;
     if let Some(i) = old.iter().position(|k| *k == new) {
         return Err(Error::NewKeyAmongOld { position: i + 1 });
@@ -135,11 +135,7 @@ fn credential_decrypt_text(envelope: Option<DbText>, key: Option<&str>) -> Optio
     hygiene::mark_statement();
     let envelope = envelope?;
     let envelope = envelope.to_utf8("the envelope").or_report();
-    let sealed = match Secret::parse(&envelope).or_report() {
-        Secret::Empty => None,
-        Secret::Sealed(envelope) => Some(envelope.into_sealed()),
-    };
-    open(sealed, key)
+    open(Secret::parse_sealed(&envelope).or_report(), key)
 }
 
 /// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
@@ -276,10 +272,12 @@ fn reencrypt_value_jsonb(envelope: RawJsonb, rotator: &Rotator) -> RawJsonb {
     };
     match rotator.rotate_sealed(sealed, true).or_report() {
         // SAFETY: the three fields were just decoded from this value.
-        PartsRotation::Resealed {
-            parts: Some(parts), ..
+        Rotation::Resealed {
+            value: Some(parts), ..
         } => unsafe { envelope.with_parts(&parts) },
-        PartsRotation::Resealed { parts: None, .. } | PartsRotation::AlreadyCurrent => envelope,
+        Rotation::Resealed { value: None, .. } | Rotation::AlreadyCurrent | Rotation::Empty => {
+            envelope
+        }
     }
 }
 
@@ -290,7 +288,7 @@ fn reencrypt_value_text(envelope: DbText, rotator: &Rotator) -> DbText {
     let resealed = {
         let text = envelope.to_utf8("the envelope").or_report();
         match rotator.rotate(&text, true).or_report() {
-            Rotation::Resealed { envelope, .. } => Some(envelope.into_json()),
+            Rotation::Resealed { value, .. } => Some(value.into_json()),
             Rotation::AlreadyCurrent | Rotation::Empty => None,
         }
     };

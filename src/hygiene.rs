@@ -14,7 +14,7 @@
 //! Some errors come before any of our code runs (permission denied for the function, a
 //! misspelt argument name). As a safety net the hook also hides the text of any failing
 //! statement that names one of the extension's key-taking functions; that needs the library
-//! loaded in the backend, which `session_preload_libraries` guarantees (README, "Security").
+//! loaded in the backend, which `session_preload_libraries` guarantees (docs/security.md).
 //! Only those names count: the application's own queries on `credential_profiles` must keep
 //! their `STATEMENT:` line, or a failing one could not be diagnosed from the log.
 

@@ -10,6 +10,7 @@ use std::ffi::CStr;
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::Datum;
+use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -17,6 +18,7 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 use pgrx::FromDatum;
 
 use crate::container::{Root, Value};
+use crate::envelope::format::DECODED_FIELDS;
 use crate::envelope::{EncodedParts, EnvelopeError, Field, Sealed};
 
 // The pure layout reader's constants are Postgres' own, checked at compile time.
@@ -38,7 +40,8 @@ const _: () = {
     assert!(c::JB_OFFSET_STRIDE == pg_sys::JB_OFFSET_STRIDE as usize);
 };
 
-/// A `jsonb` argument or result, passed as the raw datum without any conversion.
+/// A `jsonb` argument or result, passed as the raw datum without any conversion. Never a
+/// null datum: SQL NULL is `None` of an `Option<RawJsonb>` argument (see the `ArgAbi` impl).
 pub struct RawJsonb(pg_sys::Datum);
 
 impl FromDatum for RawJsonb {
@@ -51,15 +54,20 @@ impl FromDatum for RawJsonb {
     }
 }
 
+// pgrx has no argument type that hands over a jsonb datum unconverted (its `JsonB` parses the
+// whole value with serde), so this one is ours. It goes through `FromDatum` exactly as pgrx's
+// own argument types do, so a NULL can only become `None`: never a null datum.
 unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        // SAFETY: pgrx only calls this for a non-null argument of our declared type, jsonb.
-        unsafe {
-            RawJsonb(
-                arg.unbox_arg_using_from_datum::<RawJsonb>()
-                    .map_or(pg_sys::Datum::from(0), |r| r.0),
-            )
-        }
+        let index = arg.index();
+        // SAFETY: the argument is declared jsonb (SqlTranslatable below).
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| crate::error::Error::NullDatum(index).report())
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }
 
@@ -86,7 +94,15 @@ pub enum Shape<'a> {
     Object([Field<'a>; 4]),
 }
 
-const FIELD_NAMES: [&[u8]; 4] = [b"algorithm", b"iv", b"ciphertext", b"authTag"];
+const FIELD_NAMES: [&[u8]; 4] = {
+    let [algorithm, iv, ciphertext, tag] = DECODED_FIELDS;
+    [
+        algorithm.as_bytes(),
+        iv.as_bytes(),
+        ciphertext.as_bytes(),
+        tag.as_bytes(),
+    ]
+};
 
 impl RawJsonb {
     /// The value as a `Jsonb` with a 4-byte header, as DatumGetJsonbP gives it. An envelope

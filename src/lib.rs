@@ -1,18 +1,32 @@
 //! credential_rotate: rotate the AES-256-GCM key that seals application credential secrets,
 //! inside PostgreSQL, in the caller's transaction.
 //!
-//! - [`envelope`] and [`key`]: the application's format and its cryptography, plain Rust.
-//! - [`container`]: the pure reader and splice of a stored jsonb container; [`jsonb`] feeds
-//!   it a datum.
-//! - [`error`]: the one error type and its SQLSTATEs.
+//! Plain Rust, no pgrx (unit-tested and fuzzed without a server):
+//!
+//! - [`envelope`]: the application's envelope format, its cipher and the rotation decision.
+//! - [`key`]: parsing keys as the application reads them, fingerprints, generation.
+//! - [`container`]: reading and splicing a stored jsonb container's bytes.
+//!
+//! The SQL layer:
+//!
+//! - [`functions`]: the single-value functions (seal, open, re-seal one value, keys).
+//! - [`rotate`]: `credential_reencrypt` and its per-row helpers.
+//! - [`verify`]: `credential_verify`, `credential_verify_rows`, `credential_key_census` and
+//!   their per-row helpers.
+//! - [`statement`]: the statements a rotation, verification or census runs over its target.
+//! - [`target`]: resolving, locking and checking the table and column a call works on.
+//! - [`call`]: the per-call state the row helpers share, wiped on every exit path.
+//! - [`audit`]: the audit row of a rotation.
+//! - [`progress`]: the NOTICEs a rotation sends while it runs.
+//! - [`jsonb`]: a jsonb datum fed to [`container`], and written back.
 //! - [`encoding`]: text between the database encoding and the UTF-8 of every plaintext.
-//! - [`functions`], [`rotate`], [`target`]: the SQL surface; [`call`]: the per-call state the
-//!   row helpers share, wiped on every exit path.
+//! - [`error`]: the one error type and its SQLSTATEs.
 //! - [`hygiene`]: keeping keys out of the server log.
 
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+pub mod audit;
 pub mod call;
 pub mod container;
 pub mod encoding;
@@ -22,8 +36,11 @@ pub mod functions;
 pub mod hygiene;
 pub mod jsonb;
 pub mod key;
+pub mod progress;
 pub mod rotate;
+pub mod statement;
 pub mod target;
+pub mod verify;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -44,16 +61,16 @@ extension_sql_file!(
     requires = [
         "batched",
         rotate::credential_reencrypt,
-        rotate::credential_verify,
-        rotate::credential_verify_rows,
-        rotate::_credential_audit_append,
+        verify::credential_verify,
+        verify::credential_verify_rows,
+        audit::_credential_audit_append,
         rotate::_credential_reencrypt_blocks,
         rotate::_credential_reencrypt_row,
         rotate::_credential_reencrypt_row_jsonb,
         rotate::_credential_reencrypt_take,
         rotate::_credential_reencrypt_take_jsonb,
-        rotate::_credential_status,
-        rotate::_credential_status_jsonb,
+        verify::_credential_status,
+        verify::_credential_status_jsonb,
         functions::credential_encrypt_jsonb,
         functions::credential_encrypt_text,
         functions::credential_decrypt_jsonb,
@@ -75,9 +92,9 @@ extension_sql_file!(
         "descriptions_0_2_0",
         rotate::credential_reencrypt_keys,
         rotate::_credential_reencrypt_blocks_keys,
-        rotate::credential_key_census,
-        rotate::_credential_census_status,
-        rotate::_credential_census_status_jsonb,
+        verify::credential_key_census,
+        verify::_credential_census_status,
+        verify::_credential_census_status_jsonb,
         functions::credential_reencrypt_value_jsonb_keys,
         functions::credential_reencrypt_value_text_keys,
         functions::_credential_check_old_keys,

@@ -8,8 +8,8 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::encoding::{self, GetText};
-use crate::error::Error;
+use crate::encoding::{self, DbText, GetText};
+use crate::error::{required, Error};
 
 /// The type of the secret column; the value is cast to text to be read and back to this type
 /// to be written.
@@ -380,6 +380,19 @@ fn column_type(
         (Some(ty), Some(quoted)) => Ok((ty, quoted)),
         _ => Err(Error::Internal("pg_attribute row with NULL fields".into())),
     }
+}
+
+/// The `target_table` and `secret_column` arguments of a call, as UTF-8.
+pub fn names(
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
+) -> Result<(String, String), Error> {
+    let table = required(target_table, "target_table")?;
+    let column = required(secret_column, "secret_column")?;
+    Ok((
+        table.to_utf8("target_table")?.into_owned(),
+        column.to_utf8("secret_column")?.into_owned(),
+    ))
 }
 
 /// A name the caller passed, as it may appear in an error message: unless it parses as a key.

@@ -147,7 +147,14 @@ check_resumed "pg_cancel_backend"
 # committed batches survive, the one in progress is rolled back.
 seed
 start_batched
+restarts=$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)
 kill -9 "$BACKEND"
+# Wait for the postmaster to have restarted every backend: until it has, a new connection
+# can still succeed and then be terminated by the restart.
+for _ in $(seq 100); do
+    [ "$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)" -gt "$restarts" ] && break
+    sleep 0.1
+done
 wait "$CALL_PID" 2>/dev/null || true
 grep -q "server closed the connection\|connection to server was lost\|terminated" "$CLUSTER_DIR/batched.out" ||
     failed "kill -9: the killed call did not see its connection die: $(cat "$CLUSTER_DIR/batched.out")"

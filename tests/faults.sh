@@ -72,7 +72,14 @@ echo "seeded $ROWS rows ($SEALED sealed)"
 
 # 1. kill -9 of the backend: the postmaster restarts every backend and replays the WAL.
 start_rotation
+restarts=$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)
 kill -9 "$BACKEND"
+# Wait for the postmaster to have restarted every backend: until it has, a new connection
+# can still succeed and then be terminated by the restart.
+for _ in $(seq 100); do
+    [ "$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)" -gt "$restarts" ] && break
+    sleep 0.1
+done
 wait "$ROT_PID" 2>/dev/null || true
 grep -q "server closed the connection\|connection to server was lost\|terminated" "$CLUSTER_DIR/rotation.out" ||
     { echo "FAILED: the killed rotation did not see its connection die" >&2; failures=$((failures + 1)); }

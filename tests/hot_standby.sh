@@ -23,7 +23,7 @@ standby_dir=$CLUSTER_DIR/standby
 sudo -u postgres "$PG_BIN/pg_basebackup" -h "$PGHOST" -p "$PGPORT" -U postgres -D "$standby_dir" -R -X stream -c fast
 sudo -u postgres "$PG_BIN/pg_ctl" -D "$standby_dir" -l "$CLUSTER_DIR/standby.log" -w \
     -o "-p $STANDBY_PORT -k $CLUSTER_DIR/sock -c listen_addresses='' -c hot_standby=on" start >/dev/null
-trap 'sudo -u postgres "$PG_BIN/pg_ctl" -D "$standby_dir" -m fast -w stop >/dev/null 2>&1 || true' EXIT
+trap 'sudo -u postgres "$PG_BIN/pg_ctl" -D "$standby_dir" -m fast -w -t 600 stop >/dev/null 2>&1 || true' EXIT
 [ "$(standby -c "SELECT pg_is_in_recovery()")" = t ] || fail "the standby is not in recovery"
 
 # One snapshot per observation: both counts in one REPEATABLE READ transaction.

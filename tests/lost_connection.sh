@@ -25,7 +25,7 @@ cleanup() {
     for pid in $CLIENT $RELAY; do kill -9 "$pid" 2>/dev/null || true; done
     # Back to the cluster as scripts/test.sh started it.
     if [ -n "${TCP_ON:-}" ]; then
-        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null || true
+        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w -t 600 stop >/dev/null || true
         cluster_start_again || true
     fi
 }
@@ -41,9 +41,9 @@ audit_mark() { q -c "SELECT coalesce(max(id), 0) FROM credential_rotate_audit"; 
 log_size() { stat -c %s "$CLUSTER_LOG"; }
 
 # Restart listening on 127.0.0.1 as well (the test cluster listens on its Unix socket only).
-sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w stop >/dev/null
+sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -m fast -w -t 600 stop >/dev/null
 TCP_ON=1
-sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w \
+sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w -t 600 \
     -o "$CLUSTER_OPTS -c listen_addresses=127.0.0.1" start >/dev/null
 
 psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"

@@ -19,7 +19,7 @@ SELECT credential_generate_key();
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO no_grant;
 RESET ROLE;
--- EXECUTE, as the README grants it, but no privilege on the table: refused.
+-- EXECUTE, as docs/security.md grants it, but no privilege on the table: refused.
 GRANT EXECUTE ON FUNCTION
     credential_reencrypt(text, text, text, text, boolean, boolean),
     credential_verify(text, text, text),

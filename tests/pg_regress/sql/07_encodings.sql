@@ -59,6 +59,11 @@ SELECT ty, v.*
   FROM unnest(ARRAY['text', 'json', 'jsonb']) AS ty,
        credential_verify(:'new_key', :'t' || '_' || ty, :'c') AS v
  ORDER BY ty;
+-- The census of the same tables (its statement names the non-ASCII table and column).
+SELECT ty, v.status, v.rows
+  FROM unnest(ARRAY['text', 'json', 'jsonb']) AS ty,
+       credential_key_census(ARRAY[:'key', :'new_key'], :'t' || '_' || ty, :'c') AS v
+ ORDER BY ty, v.status, v.rows;
 -- A message naming a non-ASCII column.
 SELECT * FROM credential_verify(:'new_key', :'t' || '_text', :'c' || 'x');
 \set ECHO none

@@ -1,0 +1,273 @@
+//! Reading without changing: `credential_verify` and `credential_verify_rows` (how the
+//! secrets fare against one key), `credential_key_census` (which of several keys opens each
+//! secret), and their per-row helpers.
+//!
+//! Like a rotation, each is one scan whose per-row helper finds the key(s) in the backend's
+//! active call ([`crate::call`]), never in the statement text. The helpers read a jsonb column
+//! in its binary form and any other as text; both readings classify a value the same way
+//! ([`Status`]).
+
+use std::rc::Rc;
+
+use pgrx::datum::Array;
+use pgrx::prelude::*;
+
+use crate::call::{self, Work};
+use crate::encoding::{self, DbText, GetText};
+use crate::envelope::{Cipher, EnvelopeError, KeyRing, Sealed, Secret, Status};
+use crate::error::{required, Error, OrReport};
+use crate::functions::{parse_key, parse_key_list};
+use crate::hygiene;
+use crate::jsonb::RawJsonb;
+use crate::key::Key;
+use crate::target::{self, Lock, Target};
+
+/// Counts how the secrets of the target column fare against `key`. Changes nothing.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_verify(
+    key: Option<&str>,
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(readable, i64),
+        name!(not_readable, i64),
+        name!(empty, i64),
+        name!(malformed, i64),
+    ),
+> {
+    let counts = with_verify_call(key, target_table, secret_column, |client, target| {
+        let row = client
+            .select(
+                &encoding::sql(&target.verify_counts_statement())?,
+                Some(1),
+                &[],
+            )?
+            .first();
+        let (a, b, c) = row.get_three::<i64, i64, i64>()?;
+        let d = row.get::<i64>(4)?;
+        Ok((
+            a.unwrap_or(0),
+            b.unwrap_or(0),
+            c.unwrap_or(0),
+            d.unwrap_or(0),
+        ))
+    });
+    TableIterator::once(counts)
+}
+
+/// Lists the rows whose secret does not open with `key`: primary key and reason, never secret
+/// material. For diagnosis before or after a rotation.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_verify_rows(
+    key: Option<&str>,
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+) -> TableIterator<'static, (name!(primary_key, DbText), name!(reason, DbText))> {
+    let rows = with_verify_call(key, target_table, secret_column, |client, target| {
+        let table = client.select(
+            &encoding::sql(&target.verify_rows_statement())?,
+            None,
+            &[encoding::param(&target.pk_columns)?],
+        )?;
+        let mut rows = Vec::new();
+        for row in table {
+            let pk = row.get_text(1)?.unwrap_or_default();
+            let reason = row.get_text(2)?.unwrap_or_default();
+            rows.push((pk, reason));
+        }
+        Ok(rows)
+    });
+    // Each row's text is made when the row is returned: the SPI memory it was read in is gone,
+    // and a value made now would not outlive this first call of the set-returning function.
+    TableIterator::new(rows.into_iter().map(|(pk, reason)| {
+        (
+            DbText::from_utf8(&pk, "a primary key").or_report(),
+            DbText::from_utf8(&reason, "a reason").or_report(),
+        )
+    }))
+}
+
+fn with_verify_call<R>(
+    key: Option<&str>,
+    target_table: Option<DbText>,
+    secret_column: Option<DbText>,
+    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
+) -> R {
+    hygiene::mark_statement();
+    (|| {
+        let key = parse_key("key", key)?;
+        let (table, column) = target::names(target_table, secret_column)?;
+        let cipher = Rc::new(Cipher::new(&key));
+        drop(key);
+        Spi::connect_mut(|client| -> Result<R, Error> {
+            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
+            let _guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
+            body(client, &target)
+        })
+    })()
+    .or_report()
+}
+
+/// A stored secret read as text: `None` for SQL NULL or `{}`.
+fn read_text(secret: Option<DbText>) -> Result<Option<Sealed>, EnvelopeError> {
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    let text = secret
+        .to_utf8("the envelope")
+        .map_err(|_| EnvelopeError::NotJson)?;
+    Secret::parse_sealed(&text)
+}
+
+/// A stored secret read from its binary jsonb: `None` for SQL NULL or `{}`.
+fn read_jsonb(secret: Option<RawJsonb>) -> Result<Option<Sealed>, EnvelopeError> {
+    // SAFETY: every RawJsonb argument is declared jsonb.
+    secret.map_or(Ok(None), |secret| unsafe { secret.sealed() })
+}
+
+/// Classifies one row under the active verification's key, with no borrow of the call state
+/// live while `status` runs (reading the value may call Postgres).
+fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Status) -> String {
+    let cipher = call::with_active(helper, |call| match &call.work {
+        Work::Verify { cipher } => {
+            call.counts.scanned += 1;
+            Ok(Rc::clone(cipher))
+        }
+        Work::Rotate { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
+    })
+    .or_report();
+    match status(&cipher) {
+        Status::Empty => "empty".into(),
+        Status::Readable { .. } => "readable".into(),
+        Status::NotReadable => "not_readable".into(),
+        Status::Malformed(reason) => reason.to_string(),
+    }
+}
+
+/// Per-row status under the active `credential_verify` key: `empty`, `readable`,
+/// `not_readable`, or the reason the value is malformed.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_status(secret: Option<DbText>) -> String {
+    with_verify_cipher("_credential_status", |cipher| {
+        cipher.status_of(read_text(secret))
+    })
+}
+
+/// As `_credential_status`, for a jsonb value read in its binary form.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_status_jsonb(secret: Option<RawJsonb>) -> String {
+    with_verify_cipher("_credential_status_jsonb", |cipher| {
+        cipher.status_of(read_jsonb(secret))
+    })
+}
+
+/// Counts the rows of the target column that open with each of `keys`, in one scan: a
+/// `readable` row per key in the order given, then `not_readable`, `empty` and `malformed`
+/// (every row present, even at 0). Changes nothing; reads what `credential_verify` reads.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn credential_key_census<'a>(
+    keys: Option<Array<'a, &'a str>>,
+    target_table: default!(Option<DbText>, "'credential_profiles'"),
+    secret_column: default!(Option<DbText>, "'secret'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(key_fingerprint, Option<String>),
+        name!(status, String),
+        name!(rows, i64),
+    ),
+> {
+    hygiene::mark_statement();
+    let rows = (|| {
+        let keys = parse_key_list("keys", required(keys, "keys")?.iter())?;
+        let (table, column) = target::names(target_table, secret_column)?;
+        let fingerprints: Vec<String> = keys.iter().map(Key::fingerprint).collect();
+        let ring = Rc::new(KeyRing::new(&keys));
+        drop(keys);
+        Spi::connect_mut(|client| -> Result<_, Error> {
+            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
+            let guard = call::install(Work::Census { keys: ring }, Rc::clone(&target))?;
+            client.select(&encoding::sql(&target.census_statement())?, Some(1), &[])?;
+            let counts = guard.counts();
+            let opened_by = guard.opened_by();
+            drop(guard);
+            let mut rows: Vec<(Option<String>, String, i64)> = fingerprints
+                .into_iter()
+                .zip(opened_by)
+                .map(|(fingerprint, n)| (Some(fingerprint), "readable".to_owned(), n))
+                .collect();
+            for (status, n) in [
+                ("not_readable", counts.not_readable),
+                ("empty", counts.empty),
+                ("malformed", counts.malformed),
+            ] {
+                rows.push((None, status.to_owned(), n));
+            }
+            Ok(rows)
+        })
+    })()
+    .or_report();
+    TableIterator::new(rows)
+}
+
+/// Counts one row of the active census under the key that opens it, with no borrow of the call
+/// state live while `status` runs (reading the value may call Postgres). Returns the key's
+/// position in `keys`, from 1; 0 when none opens it, or it is empty or malformed.
+fn census_row(helper: &'static str, status: impl FnOnce(&KeyRing) -> Status) -> i32 {
+    let not_in_census = |e| match e {
+        Error::NotInCall(_) => Error::NotInCensus(helper),
+        other => other,
+    };
+    let keys = call::with_active(helper, |call| match &call.work {
+        Work::Census { keys } => Ok(Rc::clone(keys)),
+        Work::Rotate { .. } | Work::Verify { .. } => Err(Error::NotInCensus(helper)),
+    })
+    .map_err(not_in_census)
+    .or_report();
+    let status = status(&keys);
+    drop(keys);
+    call::with_active(helper, |call| {
+        call.counts.scanned += 1;
+        Ok(match status {
+            Status::Empty => {
+                call.counts.empty += 1;
+                0
+            }
+            Status::Readable { by } => {
+                if let Some(opened) = call.opened_by.get_mut(by) {
+                    *opened += 1;
+                }
+                i32::try_from(by + 1).unwrap_or(i32::MAX)
+            }
+            Status::NotReadable => {
+                call.counts.not_readable += 1;
+                0
+            }
+            Status::Malformed(_) => {
+                call.counts.malformed += 1;
+                0
+            }
+        })
+    })
+    .map_err(not_in_census)
+    .or_report()
+}
+
+/// Per-row helper of `credential_key_census`: the position (from 1) of the census key that
+/// opens the secret, 0 when none does.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_census_status(secret: Option<DbText>) -> i32 {
+    census_row("_credential_census_status", |keys| {
+        keys.status(read_text(secret))
+    })
+}
+
+/// As `_credential_census_status`, for a jsonb value read in its binary form.
+#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+fn _credential_census_status_jsonb(secret: Option<RawJsonb>) -> i32 {
+    census_row("_credential_census_status_jsonb", |keys| {
+        keys.status(read_jsonb(secret))
+    })
+}
