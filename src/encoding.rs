@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::ffi::CStr;
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
-use pgrx::datum::Datum;
+use pgrx::datum::{Datum, UnboxDatum};
 use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
@@ -165,6 +165,7 @@ pub fn message(text: String) -> String {
 
 /// A `text` argument or result in the database encoding, passed as the raw datum. Never a
 /// null datum: SQL NULL is `None` of an `Option<DbText>` argument (see the `ArgAbi` impl).
+#[derive(Clone)]
 pub struct DbText(pg_sys::Datum);
 
 impl DbText {
@@ -239,6 +240,19 @@ unsafe impl<'fcx> ArgAbi<'fcx> for DbText {
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
         // SAFETY: as above.
         unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+// Lets `Array<DbText>` hand over `text[]` elements as they are stored: pgrx's own `&str`
+// elements are not checked for UTF-8 at all, which in a non-UTF-8 database would make a
+// `&str` of invalid UTF-8.
+unsafe impl UnboxDatum for DbText {
+    type As<'src> = DbText;
+    unsafe fn unbox<'src>(datum: Datum<'src>) -> DbText
+    where
+        Self: 'src,
+    {
+        DbText(datum.sans_lifetime())
     }
 }
 

@@ -14,20 +14,29 @@ use crate::hygiene;
 use crate::jsonb::RawJsonb;
 use crate::key::{Key, KeyError};
 
+/// A key as the application reads it: UTF-8 text. Taken as `DbText` and converted from the
+/// database encoding, since pgrx's `&str` would refuse (or, in arrays, not check) the bytes of
+/// a non-UTF-8 database. A key that does not convert is not base64 either.
+fn parse_key_text(text: &DbText) -> Result<Key, KeyError> {
+    let utf8 = text.to_utf8("a key").map_err(|_| KeyError::NotBase64)?;
+    let utf8 = Zeroizing::new(utf8.into_owned());
+    Key::parse(&utf8)
+}
+
 /// Parses a key argument, naming the argument (never its value) when it is refused.
-pub fn parse_key(arg: &'static str, text: Option<&str>) -> Result<Key, Error> {
+pub fn parse_key(arg: &'static str, text: Option<&DbText>) -> Result<Key, Error> {
     let text = text.ok_or(Error::InvalidKey {
         arg,
         reason: KeyError::Null,
     })?;
-    Key::parse(text).map_err(|reason| Error::InvalidKey { arg, reason })
+    parse_key_text(text).map_err(|reason| Error::InvalidKey { arg, reason })
 }
 
 /// Parses an array of keys: at least one, none NULL, none twice (the same 32 bytes, however
 /// spelt). A refusal names the argument and the position, from 1, never a key.
-pub fn parse_key_list<'a>(
+pub fn parse_key_list(
     arg: &'static str,
-    texts: impl IntoIterator<Item = Option<&'a str>>,
+    texts: impl IntoIterator<Item = Option<DbText>>,
 ) -> Result<Vec<Key>, Error> {
     let mut keys: Vec<Key> = Vec::new();
     for (i, text) in texts.into_iter().enumerate() {
@@ -37,7 +46,7 @@ pub fn parse_key_list<'a>(
             position,
             reason,
         };
-        let key = Key::parse(text.ok_or(at(KeyError::Null))?).map_err(at)?;
+        let key = parse_key_text(&text.ok_or(at(KeyError::Null))?).map_err(at)?;
         if let Some(first) = keys.iter().position(|k| *k == key) {
             return Err(Error::DuplicateKey {
                 arg,
@@ -55,9 +64,9 @@ pub fn parse_key_list<'a>(
 
 /// The keys of a rotation from several old keys: `old_keys` as [`parse_key_list`] checks them,
 /// and a `new_key` that is none of them.
-pub fn parse_rotation_keys<'a>(
-    old_keys: Option<impl IntoIterator<Item = Option<&'a str>>>,
-    new_key: Option<&str>,
+pub fn parse_rotation_keys(
+    old_keys: Option<impl IntoIterator<Item = Option<DbText>>>,
+    new_key: Option<&DbText>,
 ) -> Result<(Vec<Key>, Key), Error> {
     let old = parse_key_list("old_keys", required(old_keys, "old_keys")?)?;
     let new = parse_key("new_key", new_key)?;
@@ -67,7 +76,7 @@ pub fn parse_rotation_keys<'a>(
     Ok((old, new))
 }
 
-fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
+fn seal(plaintext: &[u8], key: Option<&DbText>) -> JsonB {
     hygiene::mark_statement();
     let key = parse_key("key", key).or_report();
     let envelope = Cipher::new(&key).seal(plaintext).or_report();
@@ -77,7 +86,7 @@ fn seal(plaintext: &[u8], key: Option<&str>) -> JsonB {
 /// Seals a secret object the way the application does: the compact JSON text of `plaintext`
 /// (as `JSON.stringify` writes it) under `key`.
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
-fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> Option<JsonB> {
+fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<DbText>) -> Option<JsonB> {
     hygiene::mark_statement();
     // In a non-UTF-8 database jsonb_out writes the database encoding: the application seals
     // UTF-8, so the text is converted, exactly or not at all.
@@ -87,20 +96,20 @@ fn credential_encrypt_jsonb(plaintext: Option<RawJsonb>, key: Option<&str>) -> O
         .map_err(|_| Error::Envelope(EnvelopeError::NotJson))
         .or_report();
     let compact = Zeroizing::new(value.to_string());
-    Some(seal(compact.as_bytes(), key))
+    Some(seal(compact.as_bytes(), key.as_ref()))
 }
 
 /// Seals the exact characters of `plaintext` under `key`, as the UTF-8 the application
 /// seals whatever the database encoding.
 #[pg_extern(volatile, parallel_safe, name = "credential_encrypt")]
-fn credential_encrypt_text(plaintext: Option<DbText>, key: Option<&str>) -> Option<JsonB> {
+fn credential_encrypt_text(plaintext: Option<DbText>, key: Option<DbText>) -> Option<JsonB> {
     hygiene::mark_statement();
     let plaintext = plaintext?;
     let utf8 = plaintext.to_utf8("the plaintext").or_report();
-    Some(seal(utf8.as_bytes(), key))
+    Some(seal(utf8.as_bytes(), key.as_ref()))
 }
 
-fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<DbText> {
+fn open(sealed: Option<Sealed>, key: Option<&DbText>) -> Option<DbText> {
     hygiene::mark_statement();
     let key = parse_key("key", key).or_report();
     let plaintext = Cipher::new(&key).open_sealed(&sealed?).or_report();
@@ -122,30 +131,30 @@ fn open(sealed: Option<Sealed>, key: Option<&str>) -> Option<DbText> {
 /// extended statistics, or be folded into a plan at planning time, storing plaintext and the
 /// key's use in the catalog or on disk. VOLATILE rules all of that out.
 #[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
-fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<&str>) -> Option<DbText> {
+fn credential_decrypt_jsonb(envelope: Option<RawJsonb>, key: Option<DbText>) -> Option<DbText> {
     // First: an envelope refused below must not leave the key-bearing statement unmarked.
     hygiene::mark_statement();
     // SAFETY: the argument is declared jsonb.
     let sealed = unsafe { envelope?.sealed() }.or_report();
-    open(sealed, key)
+    open(sealed, key.as_ref())
 }
 
 #[pg_extern(volatile, parallel_safe, name = "credential_decrypt")]
-fn credential_decrypt_text(envelope: Option<DbText>, key: Option<&str>) -> Option<DbText> {
+fn credential_decrypt_text(envelope: Option<DbText>, key: Option<DbText>) -> Option<DbText> {
     hygiene::mark_statement();
     let envelope = envelope?;
     let envelope = envelope.to_utf8("the envelope").or_report();
-    open(Secret::parse_sealed(&envelope).or_report(), key)
+    open(Secret::parse_sealed(&envelope).or_report(), key.as_ref())
 }
 
 /// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
 /// as one whose text holds keys. For callers written in SQL, before they do anything else.
 /// VOLATILE: marking the statement is a side effect the planner must not fold away or skip.
 #[pg_extern(volatile, parallel_safe)]
-fn _credential_check_keys(old_key: Option<&str>, new_key: Option<&str>) -> bool {
+fn _credential_check_keys(old_key: Option<DbText>, new_key: Option<DbText>) -> bool {
     hygiene::mark_statement();
-    let old = parse_key("old_key", old_key).or_report();
-    let new = parse_key("new_key", new_key).or_report();
+    let old = parse_key("old_key", old_key.as_ref()).or_report();
+    let new = parse_key("new_key", new_key.as_ref()).or_report();
     if old == new {
         Error::SameKey.report();
     }
@@ -155,11 +164,11 @@ fn _credential_check_keys(old_key: Option<&str>, new_key: Option<&str>) -> bool 
 /// As `_credential_check_keys(text, text)` for several old keys.
 #[pg_extern(volatile, parallel_safe, name = "_credential_check_keys")]
 fn _credential_check_old_keys<'a>(
-    old_keys: Option<Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<Array<'a, DbText>>,
+    new_key: Option<DbText>,
 ) -> bool {
     hygiene::mark_statement();
-    parse_rotation_keys(old_keys.as_ref().map(|a| a.iter()), new_key).or_report();
+    parse_rotation_keys(old_keys.as_ref().map(|a| a.iter()), new_key.as_ref()).or_report();
     true
 }
 
@@ -172,9 +181,9 @@ fn credential_generate_key() -> String {
 
 /// A short, stable identifier of a key that reveals nothing about it.
 #[pg_extern(immutable, parallel_safe)]
-fn credential_key_fingerprint(key: Option<&str>) -> String {
+fn credential_key_fingerprint(key: Option<DbText>) -> String {
     hygiene::mark_statement();
-    parse_key("key", key).or_report().fingerprint()
+    parse_key("key", key.as_ref()).or_report().fingerprint()
 }
 
 /// The parsed keys of one call site, kept in `fn_extra` so that a statement like
@@ -182,9 +191,10 @@ fn credential_key_fingerprint(key: Option<&str>) -> String {
 /// AES key schedules once, not once per row. Dropped (and wiped) with the call site's memory
 /// context at the end of the statement.
 struct CallSiteKeys {
-    /// The old key texts as given: one `old_key`, or the elements of `old_keys`.
-    old_texts: Vec<Zeroizing<String>>,
-    new_text: Zeroizing<String>,
+    /// The old key texts as given, in the database encoding: one `old_key`, or the elements
+    /// of `old_keys`.
+    old_texts: Vec<Zeroizing<Vec<u8>>>,
+    new_text: Zeroizing<Vec<u8>>,
     rotator: Rotator,
 }
 
@@ -193,10 +203,10 @@ struct CallSiteKeys {
 ///
 /// # Safety
 /// `fcinfo` must be the FunctionCallInfo of the current call.
-unsafe fn call_site_rotator<'a, 'k, I: Iterator<Item = Option<&'k str>>>(
+unsafe fn call_site_rotator<'a>(
     fcinfo: pg_sys::FunctionCallInfo,
-    old_texts: impl Fn() -> I,
-    new_key: Option<&str>,
+    old_texts: &[Option<DbText>],
+    new_key: Option<&DbText>,
     build: impl FnOnce() -> Result<Rotator, Error>,
 ) -> &'a Rotator {
     // SAFETY: the caller passes the current call's fcinfo; flinfo lives as long as the call
@@ -206,17 +216,21 @@ unsafe fn call_site_rotator<'a, 'k, I: Iterator<Item = Option<&'k str>>>(
         let cached = (*flinfo).fn_extra as *mut CallSiteKeys;
         if let (Some(cached), Some(new)) = (cached.as_ref(), new_key) {
             // Only keys that were accepted are cached: a NULL or empty list never matches.
-            let same_old = old_texts().eq(cached.old_texts.iter().map(|t| Some(t.as_str())));
-            if same_old && cached.new_text.as_str() == new {
+            let same_old = old_texts.len() == cached.old_texts.len()
+                && old_texts
+                    .iter()
+                    .zip(&cached.old_texts)
+                    .all(|(t, c)| t.as_ref().is_some_and(|t| t.bytes() == c.as_slice()));
+            if same_old && cached.new_text.as_slice() == new.bytes() {
                 return &cached.rotator;
             }
         }
         let rotator = build().or_report();
+        let bytes =
+            |t: Option<&DbText>| Zeroizing::new(t.map(|t| t.bytes().to_vec()).unwrap_or_default());
         let keys = CallSiteKeys {
-            old_texts: old_texts()
-                .map(|t| Zeroizing::new(t.unwrap_or_default().to_owned()))
-                .collect(),
-            new_text: Zeroizing::new(new_key.unwrap_or_default().to_owned()),
+            old_texts: old_texts.iter().map(|t| bytes(t.as_ref())).collect(),
+            new_text: bytes(new_key),
             rotator,
         };
         if let Some(cached) = cached.as_mut() {
@@ -233,12 +247,13 @@ unsafe fn call_site_rotator<'a, 'k, I: Iterator<Item = Option<&'k str>>>(
 
 fn call_site(
     fcinfo: pg_sys::FunctionCallInfo,
-    old_key: Option<&str>,
-    new_key: Option<&str>,
+    old_key: Option<DbText>,
+    new_key: Option<&DbText>,
 ) -> &'static Rotator {
     hygiene::mark_statement();
+    let old_texts = [old_key];
     let build = || {
-        let old = parse_key("old_key", old_key)?;
+        let old = parse_key("old_key", old_texts[0].as_ref())?;
         let new = parse_key("new_key", new_key)?;
         if old == new {
             return Err(Error::SameKey);
@@ -246,23 +261,23 @@ fn call_site(
         Ok(Rotator::new(&old, &new))
     };
     // SAFETY: fcinfo is the current call's; the cache outlives this call.
-    unsafe { call_site_rotator(fcinfo, || std::iter::once(old_key), new_key, build) }
+    unsafe { call_site_rotator(fcinfo, &old_texts, new_key, build) }
 }
 
 /// As [`call_site`] for several old keys.
 fn call_site_keys<'a>(
     fcinfo: pg_sys::FunctionCallInfo,
-    old_keys: Option<&Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<&Array<'a, DbText>>,
+    new_key: Option<&DbText>,
 ) -> &'static Rotator {
     hygiene::mark_statement();
     let build = || {
         let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
         Ok(Rotator::with_old_keys(&old, &new))
     };
-    let texts = || old_keys.into_iter().flat_map(|a| a.iter());
+    let texts: Vec<Option<DbText>> = old_keys.into_iter().flat_map(|a| a.iter()).collect();
     // SAFETY: fcinfo is the current call's; the cache outlives this call.
-    unsafe { call_site_rotator(fcinfo, texts, new_key, build) }
+    unsafe { call_site_rotator(fcinfo, &texts, new_key, build) }
 }
 
 fn reencrypt_value_jsonb(envelope: RawJsonb, rotator: &Rotator) -> RawJsonb {
@@ -303,24 +318,24 @@ fn reencrypt_value_text(envelope: DbText, rotator: &Rotator) -> DbText {
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_jsonb_keys<'a>(
     envelope: Option<RawJsonb>,
-    old_keys: Option<Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<Array<'a, DbText>>,
+    new_key: Option<DbText>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<RawJsonb> {
     let envelope = envelope?;
-    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key);
+    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key.as_ref());
     Some(reencrypt_value_jsonb(envelope, rotator))
 }
 
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_text_keys<'a>(
     envelope: Option<DbText>,
-    old_keys: Option<Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<Array<'a, DbText>>,
+    new_key: Option<DbText>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<DbText> {
     let envelope = envelope?;
-    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key);
+    let rotator = call_site_keys(fcinfo, old_keys.as_ref(), new_key.as_ref());
     Some(reencrypt_value_text(envelope, rotator))
 }
 
@@ -331,23 +346,23 @@ fn credential_reencrypt_value_text_keys<'a>(
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_jsonb(
     envelope: Option<RawJsonb>,
-    old_key: Option<&str>,
-    new_key: Option<&str>,
+    old_key: Option<DbText>,
+    new_key: Option<DbText>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<RawJsonb> {
     let envelope = envelope?;
-    let rotator = call_site(fcinfo, old_key, new_key);
+    let rotator = call_site(fcinfo, old_key, new_key.as_ref());
     Some(reencrypt_value_jsonb(envelope, rotator))
 }
 
 #[pg_extern(volatile, parallel_safe, name = "credential_reencrypt_value")]
 fn credential_reencrypt_value_text(
     envelope: Option<DbText>,
-    old_key: Option<&str>,
-    new_key: Option<&str>,
+    old_key: Option<DbText>,
+    new_key: Option<DbText>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<DbText> {
     let envelope = envelope?;
-    let rotator = call_site(fcinfo, old_key, new_key);
+    let rotator = call_site(fcinfo, old_key, new_key.as_ref());
     Some(reencrypt_value_text(envelope, rotator))
 }

@@ -48,8 +48,8 @@ use crate::{audit, hygiene, progress};
 /// the caller's transaction.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_reencrypt(
-    old_key: Option<&str>,
-    new_key: Option<&str>,
+    old_key: Option<DbText>,
+    new_key: Option<DbText>,
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
     dry_run: default!(Option<bool>, false),
@@ -67,8 +67,8 @@ fn credential_reencrypt(
     let c = (|| {
         let options = Options::whole_table(dry_run, touch_updated_at)?;
         rotate(
-            KeyArgs::One(old_key),
-            new_key,
+            KeyArgs::One(old_key.as_ref()),
+            new_key.as_ref(),
             target_table,
             secret_column,
             options,
@@ -88,8 +88,8 @@ fn credential_reencrypt(
 /// procedure's internals.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn _credential_reencrypt_blocks(
-    old_key: Option<&str>,
-    new_key: Option<&str>,
+    old_key: Option<DbText>,
+    new_key: Option<DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
     first_block: Option<i64>,
@@ -112,8 +112,8 @@ fn _credential_reencrypt_blocks(
             blocks: block_range(first_block, end_block)?,
         };
         rotate(
-            KeyArgs::One(old_key),
-            new_key,
+            KeyArgs::One(old_key.as_ref()),
+            new_key.as_ref(),
             target_table,
             secret_column,
             options,
@@ -170,8 +170,8 @@ impl Options {
 
 /// The old key argument of a rotation as given: `old_key`, or `old_keys`.
 enum KeyArgs<'b, 'a> {
-    One(Option<&'b str>),
-    Several(Option<&'b Array<'a, &'a str>>),
+    One(Option<&'b DbText>),
+    Several(Option<&'b Array<'a, DbText>>),
 }
 
 /// What a rotation did: its counts, and the rows each old key opened, by fingerprint, in the
@@ -183,7 +183,7 @@ struct Rotated {
 
 fn rotate(
     old_keys: KeyArgs<'_, '_>,
-    new_key: Option<&str>,
+    new_key: Option<&DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
     options: Options,
@@ -291,8 +291,8 @@ fn rotate(
     name = "credential_reencrypt"
 )]
 fn credential_reencrypt_keys<'a>(
-    old_keys: Option<Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<Array<'a, DbText>>,
+    new_key: Option<DbText>,
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
     dry_run: default!(Option<bool>, false),
@@ -312,7 +312,7 @@ fn credential_reencrypt_keys<'a>(
         let dry = options.dry_run;
         let rotated = rotate(
             KeyArgs::Several(old_keys.as_ref()),
-            new_key,
+            new_key.as_ref(),
             target_table,
             secret_column,
             options,
@@ -336,8 +336,8 @@ fn credential_reencrypt_keys<'a>(
     name = "_credential_reencrypt_blocks"
 )]
 fn _credential_reencrypt_blocks_keys<'a>(
-    old_keys: Option<Array<'a, &'a str>>,
-    new_key: Option<&str>,
+    old_keys: Option<Array<'a, DbText>>,
+    new_key: Option<DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
     first_block: Option<i64>,
@@ -363,7 +363,7 @@ fn _credential_reencrypt_blocks_keys<'a>(
         };
         rotate(
             KeyArgs::Several(old_keys.as_ref()),
-            new_key,
+            new_key.as_ref(),
             target_table,
             secret_column,
             options,

@@ -25,7 +25,7 @@ use crate::target::{self, Lock, Target};
 /// Counts how the secrets of the target column fare against `key`. Changes nothing.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_verify(
-    key: Option<&str>,
+    key: Option<DbText>,
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<
@@ -61,7 +61,7 @@ fn credential_verify(
 /// material. For diagnosis before or after a rotation.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_verify_rows(
-    key: Option<&str>,
+    key: Option<DbText>,
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<'static, (name!(primary_key, DbText), name!(reason, DbText))> {
@@ -90,14 +90,14 @@ fn credential_verify_rows(
 }
 
 fn with_verify_call<R>(
-    key: Option<&str>,
+    key: Option<DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
     body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
 ) -> R {
     hygiene::mark_statement();
     (|| {
-        let key = parse_key("key", key)?;
+        let key = parse_key("key", key.as_ref())?;
         let (table, column) = target::names(target_table, secret_column)?;
         let cipher = Rc::new(Cipher::new(&key));
         drop(key);
@@ -168,7 +168,7 @@ fn _credential_status_jsonb(secret: Option<RawJsonb>) -> String {
 /// (every row present, even at 0). Changes nothing; reads what `credential_verify` reads.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
 fn credential_key_census<'a>(
-    keys: Option<Array<'a, &'a str>>,
+    keys: Option<Array<'a, DbText>>,
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<
