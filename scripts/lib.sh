@@ -27,7 +27,9 @@ pg_wheel() {
 pg_bin_of() {
     local wheel
     if [ "$1" = 15 ]; then
-        echo /usr/lib/postgresql/15/bin
+        # CREDENTIAL_ROTATE_PG15_ROOT: a copy of Debian's 15 under another root (its binaries
+        # find lib and share relative to themselves), for parallel work on one machine.
+        echo "${CREDENTIAL_ROTATE_PG15_ROOT:-}/usr/lib/postgresql/15/bin"
     elif wheel=$(pg_wheel "$1"); then
         echo "$PG_TREES/postgresql-${wheel%% *}-x86_64-unknown-linux-gnu/bin"
     else

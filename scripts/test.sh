@@ -36,7 +36,7 @@ lint() {
 
 # cargo pgrx test pgNN builds with --no-default-features --features "pgNN pg_test" itself.
 pgrx_tests() {
-    local pgdata=/tmp/credential_rotate-pgrx-test-$PG_MAJOR
+    local pgdata=/tmp/credential_rotate-pgrx-test-$PORT-$PG_MAJOR
     rm -rf "$pgdata"
     cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
 }
