@@ -130,6 +130,7 @@ install_extension() {
     local flags=(--no-default-features --features "pg$PG_MAJOR")
     [ "$profile" = release ] && flags+=(--release)
     log "building and installing credential_rotate ($profile) into PostgreSQL $PG_MAJOR"
+    bash "$REPO_ROOT/scripts/assemble-sql.sh" || return 1
     (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "${flags[@]}" >/dev/null) || return 1
     # cargo pgrx installs the current version's script and the upgrade scripts; the install
     # scripts of previous releases (sql/credential_rotate--<version>.sql) are copied here, so

@@ -21,6 +21,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [ -n "$VERSION" ] || { echo "no version in Cargo.toml" >&2; exit 1; }
 
 ensure_deps "${versions[@]}"
+bash scripts/assemble-sql.sh
 mkdir -p "$DIST"
 
 for major in "${versions[@]}"; do

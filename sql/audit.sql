@@ -13,10 +13,13 @@ CREATE TABLE credential_rotate_audit (
     already_current bigint NOT NULL,
     empty bigint NOT NULL,
     old_key_fingerprint text NOT NULL,
-    new_key_fingerprint text NOT NULL
+    new_key_fingerprint text NOT NULL,
+    rows_by_old_key jsonb
 );
 COMMENT ON TABLE credential_rotate_audit IS
     'One row per committed credential_reencrypt call; key fingerprints only';
+COMMENT ON COLUMN credential_rotate_audit.rows_by_old_key IS
+    'Rows each old key opened, by key fingerprint; NULL for rotations recorded before 0.3.0';
 SELECT pg_catalog.pg_extension_config_dump('credential_rotate_audit', '');
 SELECT pg_catalog.pg_extension_config_dump('credential_rotate_audit_id_seq', '');
 REVOKE ALL ON credential_rotate_audit FROM PUBLIC;

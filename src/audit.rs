@@ -74,11 +74,11 @@ fn _credential_audit_append() -> bool {
     // UPDATE runs) has no rows_by_old_key column: its rotations are audited without it.
     let by_key_column = Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-                          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-                          JOIN pg_catalog.pg_extension e ON e.extnamespace = c.relnamespace
-                         WHERE e.extname = 'credential_rotate'
-                           AND c.relname = 'credential_rotate_audit'
-                           AND a.attname = 'rows_by_old_key' AND NOT a.attisdropped)",
+                          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid
+                          JOIN pg_catalog.pg_extension e ON e.extnamespace OPERATOR(pg_catalog.=) c.relnamespace
+                         WHERE e.extname OPERATOR(pg_catalog.=) 'credential_rotate'
+                           AND c.relname OPERATOR(pg_catalog.=) 'credential_rotate_audit'
+                           AND a.attname OPERATOR(pg_catalog.=) 'rows_by_old_key' AND NOT a.attisdropped)",
     )
     .map_err(Error::from)
     .or_report()

@@ -31,7 +31,10 @@ pub struct Counts {
     pub updated: i64,
     pub already_current: i64,
     pub empty: i64,
-    /// A census's rows that open with none of its keys, and its malformed ones.
+    /// A verification's rows that open with its key.
+    pub readable: i64,
+    /// A census's or verification's rows that open with none of its keys, and its malformed
+    /// ones.
     pub not_readable: i64,
     pub malformed: i64,
 }
@@ -79,6 +82,12 @@ pub struct ActiveCall {
     pub opened_by: Vec<i64>,
     /// The re-sealed envelope of the row whose qual just passed, waiting for its target list.
     pub stash: Option<(pg_sys::ItemPointerData, Stashed)>,
+    /// The value the target list has just written, waiting for the RETURNING row that shows
+    /// it as stored ([`crate::written`]); the buffer is reused from row to row.
+    pub written: Vec<u8>,
+    pub written_pending: bool,
+    /// Rows whose stored value was checked to be the one written.
+    pub confirmed: i64,
     pub started: Instant,
     /// Rows between progress NOTICEs, 0 for none.
     pub progress_every: i64,
@@ -137,6 +146,9 @@ pub fn install(work: Work, target: Rc<Target>) -> Result<CallGuard, Error> {
             counts: Counts::default(),
             opened_by,
             stash: None,
+            written: Vec::new(),
+            written_pending: false,
+            confirmed: 0,
             started: Instant::now(),
             progress_every,
             subxact,
@@ -256,6 +268,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     ) {
         wipe_active(None);
         wipe_pending(None);
+        crate::table_code::clear();
     }
 }
 

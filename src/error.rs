@@ -62,8 +62,12 @@ pub enum Error {
     RowSecurity(String),
     #[error("relation {0} was renamed or replaced while the call waited for its lock")]
     ConcurrentChange(String),
-    #[error("a rotation of {table} would run code of another role, which can read the keys from the statement: {code}")]
+    #[error("a rotation of {table} would run code of another role (with the caller's rights), or code it cannot check: {code}")]
     ForeignTableCode { table: String, code: String },
+    #[error("batch_rows must be a positive number of rows")]
+    BatchRows,
+    #[error("credential_reencrypt_batched commits after each batch: it cannot run inside a transaction block or a function")]
+    BatchedInTransaction,
     #[error("permission denied for procedure {0}")]
     PermissionDenied(&'static str),
     #[error("relation {0} has no primary key")]
@@ -76,8 +80,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Envelope(EnvelopeError),
-    #[error("a trigger on {table} skipped {skipped} of the rows to re-encrypt")]
-    RowsSkipped { table: String, skipped: i64 },
+    #[error("a trigger on {table} skipped rows the rotation re-sealed: they were not written")]
+    RowsSkipped { table: String },
+    #[error("a trigger on {table} changed the value the rotation wrote to row {pk}: it is not stored re-sealed")]
+    Overwritten { table: String, pk: String },
+    #[error("after the rotation {rows} rows of {table} do not open with the new key: table code wrote them again")]
+    NotRotated { table: String, rows: i64 },
+    #[error("the call would run function {function}, owned by {owner}: code of another role, which runs with the caller's rights")]
+    ForeignCodeRan { function: String, owner: String },
     #[error("{0} is only called by credential_reencrypt and credential_verify")]
     NotInCall(&'static str),
     #[error("{0} is only called by credential_key_census")]
@@ -129,7 +139,9 @@ impl Error {
             | Error::InvalidKeyAt { .. }
             | Error::NoKeys(_)
             | Error::DuplicateKey { .. }
-            | Error::NewKeyAmongOld { .. } => ERRCODE_INVALID_PARAMETER_VALUE,
+            | Error::NewKeyAmongOld { .. }
+            | Error::BatchRows => ERRCODE_INVALID_PARAMETER_VALUE,
+            Error::BatchedInTransaction => ERRCODE_ACTIVE_SQL_TRANSACTION,
             Error::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
             Error::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
             Error::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
@@ -144,6 +156,10 @@ impl Error {
             Error::ConcurrentChange(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
             Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
             Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            Error::Overwritten { .. } | Error::NotRotated { .. } => {
+                ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION
+            }
+            Error::ForeignCodeRan { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::NotInCall(_) | Error::NotInCensus(_) | Error::Nested => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -156,7 +172,10 @@ impl Error {
 
     fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::Row { .. } | Error::RowsSkipped { .. } => {
+            Error::Row { .. }
+            | Error::RowsSkipped { .. }
+            | Error::Overwritten { .. }
+            | Error::NotRotated { .. } => {
                 Some("No row was changed. credential_verify_rows() lists every row that does not open with a key.")
             }
             Error::InvalidKey { .. } | Error::InvalidKeyAt { .. } => Some(
@@ -166,8 +185,11 @@ impl Error {
                 "Nothing was read or changed. Run it as the table's owner (unless the table has FORCE ROW LEVEL SECURITY), as a role with BYPASSRLS, or as a superuser.",
             ),
             Error::ConcurrentChange(_) => Some("Nothing was changed. Call it again."),
-            Error::ForeignTableCode { .. } => Some(
-                "Nothing was changed. Review that code; run the rotation as its owner, or accept it with SET LOCAL credential_rotate.trust_table_code = on. Keys passed as bound parameters never appear in the statement text.",
+            Error::BatchedInTransaction => Some(
+                "Nothing was read or changed. CALL it in autocommit mode, outside BEGIN ... COMMIT (psql: \\set AUTOCOMMIT on); give it a lock_timeout with SET lock_timeout before the CALL.",
+            ),
+            Error::ForeignTableCode { .. } | Error::ForeignCodeRan { .. } => Some(
+                "Nothing was changed. Review that code; run the rotation as its owner, or, as a superuser, accept it with SET LOCAL credential_rotate.trust_table_code = on.",
             ),
             Error::IsolationLevel => Some(
                 "Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot predates the table lock, so rows written while waiting for it would be missed. Use BEGIN ISOLATION LEVEL READ COMMITTED (or a dry run).",

@@ -153,22 +153,7 @@ fn credential_decrypt_text(envelope: Option<DbText>, key: Option<DbText>) -> Opt
 #[pg_extern(volatile, parallel_safe)]
 fn _credential_check_keys(old_key: Option<DbText>, new_key: Option<DbText>) -> bool {
     hygiene::mark_statement();
-    let old = parse_key("old_key", old_key.as_ref()).or_report();
-    let new = parse_key("new_key", new_key.as_ref()).or_report();
-    if old == new {
-        Error::SameKey.report();
-    }
-    true
-}
-
-/// As `_credential_check_keys(text, text)` for several old keys.
-#[pg_extern(volatile, parallel_safe, name = "_credential_check_keys")]
-fn _credential_check_old_keys<'a>(
-    old_keys: Option<Array<'a, DbText>>,
-    new_key: Option<DbText>,
-) -> bool {
-    hygiene::mark_statement();
-    parse_rotation_keys(old_keys.as_ref().map(|a| a.iter()), new_key.as_ref()).or_report();
+    crate::rotate::RotationKeys::one(old_key.as_ref(), new_key.as_ref()).or_report();
     true
 }
 

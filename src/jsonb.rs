@@ -136,6 +136,15 @@ impl RawJsonb {
         }
     }
 
+    /// The value's bytes after its varlena header, as a RETURNING row shows it stored.
+    ///
+    /// # Safety
+    /// The datum must be a valid jsonb.
+    pub unsafe fn payload(&self) -> &[u8] {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.container() }
+    }
+
     /// Looks up the envelope fields in the stored bytes, without copying them.
     ///
     /// # Safety

@@ -27,6 +27,7 @@ use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub mod audit;
+pub mod batched;
 pub mod call;
 pub mod container;
 pub mod encoding;
@@ -37,10 +38,13 @@ pub mod hygiene;
 pub mod jsonb;
 pub mod key;
 pub mod progress;
+pub mod reseal;
 pub mod rotate;
 pub mod statement;
+pub mod table_code;
 pub mod target;
 pub mod verify;
+pub mod written;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -49,28 +53,32 @@ extension_sql_file!(
     "../sql/batched.sql",
     name = "batched",
     requires = [
-        rotate::credential_reencrypt,
-        rotate::_credential_reencrypt_blocks
+        functions::_credential_check_keys,
+        batched::_credential_batched_start,
+        batched::_credential_reencrypt_batch,
     ]
 );
-// The one hand-written change of 0.2.0 (function descriptions), applied by a fresh install
-// and by ALTER EXTENSION UPDATE from 0.1.0 alike: one file, so the two cannot drift.
+// Every routine's description, after every routine.
 extension_sql_file!(
-    "../sql/credential_rotate--0.1.0--0.2.0.sql",
-    name = "descriptions_0_2_0",
+    "../sql/descriptions.sql",
+    name = "descriptions",
     requires = [
+        "audit",
         "batched",
         rotate::credential_reencrypt,
+        rotate::credential_reencrypt_keys,
         verify::credential_verify,
         verify::credential_verify_rows,
+        verify::credential_key_census,
         audit::_credential_audit_append,
-        rotate::_credential_reencrypt_blocks,
-        rotate::_credential_reencrypt_row,
-        rotate::_credential_reencrypt_row_jsonb,
-        rotate::_credential_reencrypt_take,
-        rotate::_credential_reencrypt_take_jsonb,
+        reseal::_credential_reencrypt_row,
+        reseal::_credential_reencrypt_row_jsonb,
+        reseal::_credential_reencrypt_take,
+        reseal::_credential_reencrypt_take_jsonb,
         verify::_credential_status,
         verify::_credential_status_jsonb,
+        verify::_credential_census_status,
+        verify::_credential_census_status_jsonb,
         functions::credential_encrypt_jsonb,
         functions::credential_encrypt_text,
         functions::credential_decrypt_jsonb,
@@ -79,25 +87,8 @@ extension_sql_file!(
         functions::credential_key_fingerprint,
         functions::credential_reencrypt_value_jsonb,
         functions::credential_reencrypt_value_text,
-        functions::_credential_check_keys,
-    ]
-);
-// Several old keys (0.3.0): the audit column, the procedure's array form and the new
-// descriptions; the upgrade script repeats these statements.
-extension_sql_file!(
-    "../sql/several_keys.sql",
-    name = "several_keys",
-    requires = [
-        "audit",
-        "descriptions_0_2_0",
-        rotate::credential_reencrypt_keys,
-        rotate::_credential_reencrypt_blocks_keys,
-        verify::credential_key_census,
-        verify::_credential_census_status,
-        verify::_credential_census_status_jsonb,
         functions::credential_reencrypt_value_jsonb_keys,
         functions::credential_reencrypt_value_text_keys,
-        functions::_credential_check_old_keys,
     ]
 );
 extension_sql_file!("../sql/finalize.sql", finalize);
@@ -115,6 +106,7 @@ pub static TRUST_TABLE_CODE: GucSetting<bool> = GucSetting::<bool>::new(false);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hygiene::install();
+    table_code::install();
     call::register_callbacks();
     GucRegistry::define_int_guc(
         c"credential_rotate.progress_rows",

@@ -5,15 +5,15 @@ use pgrx::prelude::*;
 
 use crate::call::ActiveCall;
 
-/// A progress NOTICE, built under the borrow of the call state and emitted after it.
-pub struct ProgressNotice {
+/// A NOTICE, built (under the borrow of the call state, for progress) and emitted after.
+pub struct Notice {
     message: String,
     detail: String,
 }
 
 /// Rows and the estimated total in the message, the rate in the DETAIL (kept apart so that
 /// the message itself is stable enough for a test to match).
-pub fn progress_notice(call: &ActiveCall) -> ProgressNotice {
+pub fn progress_notice(call: &ActiveCall) -> Notice {
     let scanned = call.counts.scanned;
     let message = match call.target.estimated_rows {
         Some(total) => format!(
@@ -31,17 +31,26 @@ pub fn progress_notice(call: &ActiveCall) -> ProgressNotice {
         call.counts.updated,
         scanned as f64 / seconds
     );
-    ProgressNotice { message, detail }
+    Notice { message, detail }
 }
 
-impl ProgressNotice {
+impl Notice {
+    pub fn new(message: String, detail: &str) -> Notice {
+        Notice {
+            message,
+            detail: detail.to_owned(),
+        }
+    }
+
     pub fn report(self) {
-        let report = pgrx::pg_sys::panic::ErrorReport::new(
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
             self.message,
             "credential_rotate",
-        )
-        .set_detail(self.detail);
+        );
+        if !self.detail.is_empty() {
+            report = report.set_detail(self.detail);
+        }
         // errfinish() runs CHECK_FOR_INTERRUPTS after a NOTICE: a cancel or statement_timeout
         // arriving then raises from inside it. pgrx's NOTICE path is not guarded, so without
         // the boundary that ERROR would longjmp over our Rust frames; with it, it unwinds them.
@@ -53,11 +62,7 @@ impl ProgressNotice {
 }
 
 /// The final NOTICE of a rotation from several old keys: the rows each one opened.
-pub fn opened_by_notice(
-    opened_by: &[(String, i64)],
-    updated: i64,
-    dry_run: bool,
-) -> ProgressNotice {
+pub fn opened_by_notice(opened_by: &[(String, i64)], updated: i64, dry_run: bool) -> Notice {
     let by_key = opened_by
         .iter()
         .map(|(fingerprint, rows)| format!("{rows} with old key {fingerprint}"))
@@ -68,7 +73,7 @@ pub fn opened_by_notice(
     } else {
         "re-sealed"
     };
-    ProgressNotice {
+    Notice {
         message: format!("credential_reencrypt {verb} {updated} rows, opened {by_key}"),
         detail: "Keys are named by their fingerprint, as credential_key_fingerprint() gives it."
             .into(),

@@ -1,48 +1,24 @@
-//! `credential_reencrypt` (one or several old keys, whole table or one batch of
-//! `credential_reencrypt_batched`) and the per-row helpers it drives.
-//!
-//! A rotation is one set-based statement ([`Target::rotation_statement`]). For a json or text
-//! column:
-//!
-//! ```sql
-//! UPDATE t SET col = _credential_reencrypt_take(ctid)::<type>
-//!  WHERE _credential_reencrypt_row(tableoid, ctid, col::text)
-//! ```
-//!
-//! and for a jsonb column, whose envelope is read in its binary form and never as text:
-//!
-//! ```sql
-//! UPDATE t SET col = _credential_reencrypt_take_jsonb(ctid, col)
-//!  WHERE _credential_reencrypt_row_jsonb(tableoid, ctid, col)
-//! ```
-//!
-//! The keys never appear in that statement. The calling function parses them once, builds the
-//! AES key schedules once, and installs them as the backend's *active call* ([`crate::call`]);
-//! the helpers find them there. `_row` decides each row's fate in the scan's qual — counting
-//! it, raising an ERROR naming the row if it opens with no key — and stashes the re-sealed
-//! value: the whole envelope as JSON text, or, for jsonb, only the three re-sealed fields.
-//! `_take` hands it to the UPDATE's target list for the same tuple, checking the ctid; the
-//! jsonb `_take` splices the three fields into a copy of the stored value, every other field
-//! kept byte for byte ([`crate::jsonb`]). Rows that are empty or already current fail the qual
-//! and are not rewritten at all. Rows are streamed by the executor, never collected.
-//!
-//! The audit row ([`crate::audit`]) and the progress NOTICEs ([`crate::progress`]) have their
-//! own modules; the statement itself is built in [`crate::statement`].
+//! `credential_reencrypt`, from one old key or several: plan (resolve and check the table,
+//! build the statement), then execute (one set-based statement driving the per-row helpers of
+//! [`crate::reseal`], each row checked as stored, the audit row). The batches of
+//! `credential_reencrypt_batched` ([`crate::batched`]) go the same way over a range of rows.
 
+use std::ffi::CString;
 use std::rc::Rc;
 
 use pgrx::datum::Array;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
-use crate::call::{self, Counts, Stashed, Work};
+use crate::call::{self, Counts, Work};
 use crate::encoding::{self, DbText};
-use crate::envelope::{EnvelopeError, Rotation, Rotator};
+use crate::envelope::{Cipher, Rotator};
 use crate::error::{required, Error, OrReport};
 use crate::functions::{parse_key, parse_rotation_keys};
-use crate::jsonb::RawJsonb;
 use crate::key::Key;
-use crate::target::{self, Lock, Target};
-use crate::{audit, hygiene, progress};
+use crate::statement::Tid;
+use crate::target::{self, Confined, Lock, Target};
+use crate::{audit, hygiene, progress, table_code, written};
 
 /// Re-encrypts every secret of the target column from `old_key` to `new_key`, in place, in
 /// the caller's transaction.
@@ -65,220 +41,13 @@ fn credential_reencrypt(
 > {
     hygiene::mark_statement();
     let c = (|| {
+        let keys = RotationKeys::one(old_key.as_ref(), new_key.as_ref())?;
         let options = Options::whole_table(dry_run, touch_updated_at)?;
-        rotate(
-            KeyArgs::One(old_key.as_ref()),
-            new_key.as_ref(),
-            target_table,
-            secret_column,
-            options,
-        )
-        .map(|r| r.counts)
+        let (table, column) = target::names(target_table, secret_column)?;
+        rotate(keys, &table, &column, options).map(|r| r.counts)
     })()
     .or_report();
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
-}
-
-/// One batch of `credential_reencrypt_batched`: the rows stored in heap blocks
-/// `[first_block, end_block)`, found with a TID range scan; both NULL for the whole table
-/// (the procedure's final pass).
-///
-/// Executable by PUBLIC, but it refuses unless the caller may execute
-/// `credential_reencrypt_batched`: a rotation role is granted the procedure it uses, not the
-/// procedure's internals.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_blocks(
-    old_key: Option<DbText>,
-    new_key: Option<DbText>,
-    target_table: Option<DbText>,
-    secret_column: Option<DbText>,
-    first_block: Option<i64>,
-    end_block: Option<i64>,
-) -> TableIterator<
-    'static,
-    (
-        name!(scanned, i64),
-        name!(updated, i64),
-        name!(already_current, i64),
-        name!(empty, i64),
-    ),
-> {
-    hygiene::mark_statement();
-    let c = (|| {
-        may_execute_batched()?;
-        let options = Options {
-            dry_run: false,
-            touch_updated_at: false,
-            blocks: block_range(first_block, end_block)?,
-        };
-        rotate(
-            KeyArgs::One(old_key.as_ref()),
-            new_key.as_ref(),
-            target_table,
-            secret_column,
-            options,
-        )
-        .map(|r| r.counts)
-    })()
-    .or_report();
-    TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
-}
-
-/// Whether the current role may execute `credential_reencrypt_batched` of this extension.
-fn may_execute_batched() -> Result<(), Error> {
-    let allowed = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
-                   FROM pg_catalog.pg_proc p
-                   JOIN pg_catalog.pg_extension e ON e.extnamespace = p.pronamespace
-                  WHERE e.extname = 'credential_rotate'
-                    AND p.proname = 'credential_reencrypt_batched'",
-                Some(1),
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()
-    })?;
-    if allowed == Some(true) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied("credential_reencrypt_batched"))
-    }
-}
-
-struct Options {
-    dry_run: bool,
-    touch_updated_at: bool,
-    /// Restrict the rotation to the rows stored in this range of heap blocks.
-    blocks: Option<(i64, i64)>,
-}
-
-impl Options {
-    /// The options of `credential_reencrypt`, from its arguments.
-    fn whole_table(
-        dry_run: Option<bool>,
-        touch_updated_at: Option<bool>,
-    ) -> Result<Options, Error> {
-        Ok(Options {
-            dry_run: required(dry_run, "dry_run")?,
-            touch_updated_at: required(touch_updated_at, "touch_updated_at")?,
-            blocks: None,
-        })
-    }
-}
-
-/// The old key argument of a rotation as given: `old_key`, or `old_keys`.
-enum KeyArgs<'b, 'a> {
-    One(Option<&'b DbText>),
-    Several(Option<&'b Array<'a, DbText>>),
-}
-
-/// What a rotation did: its counts, and the rows each old key opened, by fingerprint, in the
-/// order the keys were given.
-struct Rotated {
-    counts: Counts,
-    opened_by: Vec<(String, i64)>,
-}
-
-fn rotate(
-    old_keys: KeyArgs<'_, '_>,
-    new_key: Option<&DbText>,
-    target_table: Option<DbText>,
-    secret_column: Option<DbText>,
-    options: Options,
-) -> Result<Rotated, Error> {
-    // Parsed, the ciphers built and the fingerprints taken, the keys are dropped (and wiped).
-    let (rotator, old_fingerprints, new_fingerprint) = match old_keys {
-        KeyArgs::One(old_key) => {
-            let old = parse_key("old_key", old_key)?;
-            let new = parse_key("new_key", new_key)?;
-            if old == new {
-                return Err(Error::SameKey);
-            }
-            (
-                Rotator::new(&old, &new),
-                vec![old.fingerprint()],
-                new.fingerprint(),
-            )
-        }
-        KeyArgs::Several(old_keys) => {
-            let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
-            (
-                Rotator::with_old_keys(&old, &new),
-                old.iter().map(Key::fingerprint).collect(),
-                new.fingerprint(),
-            )
-        }
-    };
-    let (table, column) = target::names(target_table, secret_column)?;
-    let Options {
-        dry_run,
-        touch_updated_at: touch,
-        blocks,
-    } = options;
-    // Under REPEATABLE READ or SERIALIZABLE the UPDATE would use the transaction's snapshot,
-    // taken before our table lock was granted: a row inserted under the old key while we
-    // waited for the lock would be invisible to the rotation and silently stay behind.
-    // SAFETY: reads a backend-local setting.
-    if !dry_run && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        return Err(Error::IsolationLevel);
-    }
-    let rotator = Rc::new(rotator);
-
-    Spi::connect_mut(|client| -> Result<Rotated, Error> {
-        let lock = if dry_run {
-            Lock::AccessShare
-        } else {
-            Lock::ShareRowExclusive
-        };
-        let target = Rc::new(Target::resolve(client, &table, &column, lock)?);
-        if !dry_run {
-            target.refuse_foreign_code(client)?;
-        }
-        let touch_column = if touch {
-            Some(target.timestamp_column(client, "updated_at")?)
-        } else {
-            None
-        };
-        let range_args = match blocks {
-            Some((first, end)) => vec![format!("({first},0)"), format!("({end},0)")],
-            None => vec![],
-        };
-        let statement =
-            target.rotation_statement(dry_run, touch_column.as_deref(), blocks.is_some());
-        let guard = call::install(Work::Rotate { rotator, dry_run }, Rc::clone(&target))?;
-        let args: Vec<pgrx::datum::DatumWithOid> =
-            range_args.iter().map(|a| a.as_str().into()).collect();
-        let processed = client
-            .update(&encoding::sql(&statement)?, None, &args)?
-            .len() as i64;
-        let counts = guard.counts();
-        let opened_by: Vec<(String, i64)> = old_fingerprints
-            .iter()
-            .cloned()
-            .zip(guard.opened_by())
-            .collect();
-        drop(guard);
-        if dry_run {
-            return Ok(Rotated { counts, opened_by });
-        }
-        if processed != counts.updated {
-            return Err(Error::RowsSkipped {
-                table: target.relation.clone(),
-                skipped: counts.updated - processed,
-            });
-        }
-        audit::append(
-            client,
-            &target,
-            counts,
-            &opened_by,
-            &old_fingerprints,
-            new_fingerprint,
-        )?;
-        Ok(Rotated { counts, opened_by })
-    })
 }
 
 /// As `credential_reencrypt(text, text, …)`, from any of several old keys: a row that opens
@@ -308,16 +77,11 @@ fn credential_reencrypt_keys<'a>(
 > {
     hygiene::mark_statement();
     let (rotated, dry) = (|| {
+        let keys = RotationKeys::several(old_keys.as_ref(), new_key.as_ref())?;
         let options = Options::whole_table(dry_run, touch_updated_at)?;
         let dry = options.dry_run;
-        let rotated = rotate(
-            KeyArgs::Several(old_keys.as_ref()),
-            new_key.as_ref(),
-            target_table,
-            secret_column,
-            options,
-        )?;
-        Ok::<_, Error>((rotated, dry))
+        let (table, column) = target::names(target_table, secret_column)?;
+        Ok::<_, Error>((rotate(keys, &table, &column, options)?, dry))
     })()
     .or_report();
     progress::opened_by_notice(&rotated.opened_by, rotated.counts.updated, dry).report();
@@ -325,237 +89,260 @@ fn credential_reencrypt_keys<'a>(
     TableIterator::once((c.scanned, c.updated, c.already_current, c.empty))
 }
 
-/// As `_credential_reencrypt_blocks(text, text, …)` for several old keys; also returns the
-/// rows each old key opened, with the keys' fingerprints, for the procedure's final NOTICE.
-// pgrx reads the result columns from the signature: they cannot move into a type alias.
-#[allow(clippy::type_complexity)]
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    security_invoker,
-    name = "_credential_reencrypt_blocks"
-)]
-fn _credential_reencrypt_blocks_keys<'a>(
-    old_keys: Option<Array<'a, DbText>>,
-    new_key: Option<DbText>,
-    target_table: Option<DbText>,
-    secret_column: Option<DbText>,
-    first_block: Option<i64>,
-    end_block: Option<i64>,
-) -> TableIterator<
-    'static,
-    (
-        name!(scanned, i64),
-        name!(updated, i64),
-        name!(already_current, i64),
-        name!(empty, i64),
-        name!(opened_by, Vec<i64>),
-        name!(old_key_fingerprints, Vec<String>),
-    ),
-> {
-    hygiene::mark_statement();
-    let r = (|| {
-        may_execute_batched()?;
-        let options = Options {
-            dry_run: false,
-            touch_updated_at: false,
-            blocks: block_range(first_block, end_block)?,
-        };
-        rotate(
-            KeyArgs::Several(old_keys.as_ref()),
-            new_key.as_ref(),
-            target_table,
-            secret_column,
-            options,
-        )
-    })()
-    .or_report();
-    let c = r.counts;
-    let (fingerprints, opened): (Vec<String>, Vec<i64>) = r.opened_by.into_iter().unzip();
-    TableIterator::once((
-        c.scanned,
-        c.updated,
-        c.already_current,
-        c.empty,
-        opened,
-        fingerprints,
-    ))
+/// The keys of a rotation, parsed once per call: the ciphers built and the fingerprints taken,
+/// the keys themselves are dropped (and wiped).
+pub struct RotationKeys {
+    rotator: Rc<Rotator>,
+    /// The new key alone, for the check after table code that could write rows again.
+    new: Rc<Cipher>,
+    pub old_fingerprints: Vec<String>,
+    new_fingerprint: String,
 }
 
-/// The heap block range of one batch: both bounds, or neither for the whole table.
-fn block_range(
-    first_block: Option<i64>,
-    end_block: Option<i64>,
-) -> Result<Option<(i64, i64)>, Error> {
-    match (first_block, end_block) {
-        (Some(first), Some(end)) => Ok(Some((first, end))),
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(Error::NullArgument("first_block")),
-        (Some(_), None) => Err(Error::NullArgument("end_block")),
-    }
-}
-
-/// The bookkeeping shared by both quals: find the active rotation, decide the row (with no
-/// borrow of the call state live: reading the value may call Postgres), count it, stash the
-/// re-sealed value, then, with the borrow released again, report progress or raise the row's
-/// error naming it.
-fn rotation_row(
-    helper: &'static str,
-    tableoid: pg_sys::Oid,
-    ctid: pg_sys::ItemPointerData,
-    decide: impl FnOnce(&Rotator, bool) -> Result<Rotation<Option<Stashed>>, EnvelopeError>,
-) -> bool {
-    let (rotator, reseal) = call::with_active(helper, |call| match &call.work {
-        Work::Rotate { rotator, dry_run } => Ok((Rc::clone(rotator), !*dry_run)),
-        Work::Verify { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
-    })
-    .or_report();
-    let decided = decide(&rotator, reseal);
-    drop(rotator);
-    let (update, progress) = call::with_active(helper, |call| {
-        call.counts.scanned += 1;
-        let update = match decided {
-            Ok(Rotation::Empty) => {
-                call.counts.empty += 1;
-                Ok(false)
-            }
-            Ok(Rotation::AlreadyCurrent) => {
-                call.counts.already_current += 1;
-                Ok(false)
-            }
-            Ok(Rotation::Resealed { value: stashed, by }) => {
-                call.counts.updated += 1;
-                if let Some(opened) = call.opened_by.get_mut(by) {
-                    *opened += 1;
-                }
-                call.stash = stashed.map(|value| (ctid, value));
-                Ok(true)
-            }
-            Err(reason) => Err((reason, Rc::clone(&call.target))),
-        };
-        let progress = (call.progress_every > 0 && call.counts.scanned % call.progress_every == 0)
-            .then(|| progress::progress_notice(call));
-        Ok((update, progress))
-    })
-    .or_report();
-    if let Some(notice) = progress {
-        notice.report();
-    }
-    match update {
-        Ok(update) => update,
-        Err((reason, target)) => report_row_error(&target, tableoid, ctid, reason),
-    }
-}
-
-/// The qual of a rotation: true when the row was opened with the old key and re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_row(
-    tableoid: pg_sys::Oid,
-    ctid: pg_sys::ItemPointerData,
-    secret: Option<DbText>,
-) -> bool {
-    rotation_row(
-        "_credential_reencrypt_row",
-        tableoid,
-        ctid,
-        |rotator, reseal| {
-            let Some(secret) = secret else {
-                return Ok(Rotation::Empty);
-            };
-            // Read as UTF-8 (its own fields are ASCII; others need not be). The plaintext
-            // inside is opaque bytes: re-sealing never converts it.
-            let secret = secret
-                .to_utf8("the envelope")
-                .map_err(|_| EnvelopeError::NotJson)?;
-            Ok(rotator
-                .rotate(&secret, reseal)?
-                .map(|envelope| reseal.then(|| Stashed::Text(envelope.into_json()))))
-        },
-    )
-}
-
-/// The qual of a rotation of a jsonb column: as `_credential_reencrypt_row`, reading the
-/// envelope's fields straight from the binary jsonb.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_row_jsonb(
-    tableoid: pg_sys::Oid,
-    ctid: pg_sys::ItemPointerData,
-    secret: Option<RawJsonb>,
-) -> bool {
-    rotation_row(
-        "_credential_reencrypt_row_jsonb",
-        tableoid,
-        ctid,
-        |rotator, reseal| {
-            let Some(secret) = secret else {
-                return Ok(Rotation::Empty);
-            };
-            // SAFETY: the argument is declared jsonb.
-            let Some(sealed) = (unsafe { secret.sealed() })? else {
-                return Ok(Rotation::Empty);
-            };
-            Ok(rotator
-                .rotate_sealed(sealed, reseal)?
-                .map(|parts| parts.map(Stashed::Parts)))
-        },
-    )
-}
-
-/// Takes the value the qual stashed for this row. The executor evaluates a scan's qual and
-/// target list for one tuple before it reads the next; anything else would pair a row with
-/// another row's secret, so a mismatch is refused.
-fn take_stashed(helper: &'static str, ctid: pg_sys::ItemPointerData) -> Result<Stashed, Error> {
-    call::with_active(helper, |call| match call.stash.take() {
-        Some((stashed, value)) if same_tid(stashed, ctid) => Ok(value),
-        _ => Err(Error::Internal(
-            "re-sealed envelope does not belong to the row being updated".into(),
-        )),
-    })
-}
-
-/// The target list of a jsonb rotation: the stored envelope with the three fields
-/// `_credential_reencrypt_row_jsonb` just re-sealed for this row, every other field kept.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJsonb) -> RawJsonb {
-    let parts = match take_stashed("_credential_reencrypt_take_jsonb", ctid) {
-        Ok(Stashed::Parts(parts)) => parts,
-        Ok(Stashed::Text(_)) => {
-            Error::Internal("a text envelope stashed for a jsonb row".into()).report()
+impl RotationKeys {
+    pub fn one(old_key: Option<&DbText>, new_key: Option<&DbText>) -> Result<Self, Error> {
+        let old = parse_key("old_key", old_key)?;
+        let new = parse_key("new_key", new_key)?;
+        if old == new {
+            return Err(Error::SameKey);
         }
-        Err(e) => e.report(),
+        Ok(RotationKeys::of(
+            Rotator::new(&old, &new),
+            std::slice::from_ref(&old),
+            &new,
+        ))
+    }
+
+    pub fn several(
+        old_keys: Option<&Array<'_, DbText>>,
+        new_key: Option<&DbText>,
+    ) -> Result<Self, Error> {
+        let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
+        Ok(RotationKeys::of(
+            Rotator::with_old_keys(&old, &new),
+            &old,
+            &new,
+        ))
+    }
+
+    fn of(rotator: Rotator, old: &[Key], new: &Key) -> RotationKeys {
+        RotationKeys {
+            rotator: Rc::new(rotator),
+            new: Rc::new(Cipher::new(new)),
+            old_fingerprints: old.iter().map(Key::fingerprint).collect(),
+            new_fingerprint: new.fingerprint(),
+        }
+    }
+}
+
+pub struct Options {
+    pub dry_run: bool,
+    pub touch_updated_at: bool,
+    /// The whole table, or one batch of the batched procedure.
+    pub extent: Extent,
+}
+
+impl Options {
+    /// The options of `credential_reencrypt`, from its arguments.
+    fn whole_table(
+        dry_run: Option<bool>,
+        touch_updated_at: Option<bool>,
+    ) -> Result<Options, Error> {
+        Ok(Options {
+            dry_run: required(dry_run, "dry_run")?,
+            touch_updated_at: required(touch_updated_at, "touch_updated_at")?,
+            extent: Extent::Table,
+        })
+    }
+}
+
+/// Which rows a rotation covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Extent {
+    Table,
+    /// The next `rows` rows from tid `from` on, in the table's physical order, counted under
+    /// the table lock ([`crate::batched`]); `window` is where the count starts looking, in
+    /// blocks; batches end at block `end_block` (-1: the table's size now).
+    Batch {
+        from: Tid,
+        rows: i64,
+        window: u32,
+        end_block: i64,
+    },
+}
+
+/// What a rotation did: its counts, and the rows each old key opened, by fingerprint, in the
+/// order the keys were given; for a batch, where the next one starts (`None`: no batch is
+/// left), the window that found this one's end, and where batches end.
+pub struct Rotated {
+    pub counts: Counts,
+    pub opened_by: Vec<(String, i64)>,
+    pub next: Option<Tid>,
+    pub window: u32,
+    pub end_block: i64,
+}
+
+/// A planned rotation: the table resolved, locked and checked, the statement built.
+struct Plan {
+    target: Rc<Target>,
+    statement: CString,
+    /// Whether the table's own AFTER triggers may write rows again once they are stored.
+    after_triggers: bool,
+    range: Option<(Tid, Tid)>,
+    batch: Option<crate::batched::BatchEnd>,
+}
+
+pub fn rotate(
+    keys: RotationKeys,
+    table: &str,
+    column: &str,
+    options: Options,
+) -> Result<Rotated, Error> {
+    // Under REPEATABLE READ or SERIALIZABLE the UPDATE would use the transaction's snapshot,
+    // taken before our table lock was granted: a row inserted under the old key while we
+    // waited for the lock would be invisible to the rotation and silently stay behind.
+    // SAFETY: reads a backend-local setting.
+    if !options.dry_run && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return Err(Error::IsolationLevel);
+    }
+    Spi::connect_mut(|client| {
+        let (plan, _confined) = plan(client, table, column, &options)?;
+        execute(client, plan, keys, options.dry_run)
+    })
+}
+
+fn plan(
+    client: &mut SpiClient<'_>,
+    table: &str,
+    column: &str,
+    options: &Options,
+) -> Result<(Plan, Confined), Error> {
+    let lock = if options.dry_run {
+        Lock::AccessShare
+    } else {
+        Lock::ShareRowExclusive
     };
-    // SAFETY: the qual decoded all three fields from this same value of this same row.
-    unsafe { secret.with_parts(&parts) }
-}
-
-/// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> DbText {
-    match take_stashed("_credential_reencrypt_take", ctid) {
-        // Back in the database encoding, which every character of it came from.
-        Ok(Stashed::Text(envelope)) => DbText::from_utf8(&envelope, "the envelope").or_report(),
-        Ok(Stashed::Parts(_)) => {
-            Error::Internal("jsonb parts stashed for a text row".into()).report()
+    let (target, confined) = Target::resolve(client, table, column, lock)?;
+    let touch = if options.touch_updated_at {
+        Some(target.timestamp_column(client, "updated_at")?)
+    } else {
+        None
+    };
+    let after_triggers = if options.dry_run {
+        false
+    } else {
+        let mut written = vec![target.column_name.as_str()];
+        if touch.is_some() {
+            written.push("updated_at");
         }
-        Err(e) => e.report(),
-    }
+        let code = table_code::inspect(client, target.oid, &written)?;
+        match code.refused {
+            Some(code) if !crate::TRUST_TABLE_CODE.get() => {
+                return Err(Error::ForeignTableCode {
+                    table: target.relation.clone(),
+                    code,
+                })
+            }
+            _ => code.after_triggers,
+        }
+    };
+    let batch = match options.extent {
+        Extent::Table => None,
+        Extent::Batch {
+            from,
+            rows,
+            window,
+            end_block,
+        } => Some(crate::batched::batch_end(
+            client, &target, from, rows, window, end_block,
+        )?),
+    };
+    let range = match (options.extent, &batch) {
+        (Extent::Batch { from, .. }, Some(end)) => Some((from, end.to)),
+        _ => None,
+    };
+    let statement =
+        encoding::sql(&target.rotation_statement(options.dry_run, touch.as_deref(), range))?;
+    let plan = Plan {
+        target: Rc::new(target),
+        statement,
+        after_triggers,
+        range,
+        batch,
+    };
+    Ok((plan, confined))
 }
 
-/// Raises the ERROR for a row that cannot be rotated, naming it by primary key.
-fn report_row_error(
-    target: &Target,
-    tableoid: pg_sys::Oid,
-    ctid: pg_sys::ItemPointerData,
-    reason: EnvelopeError,
-) -> ! {
-    Error::Row {
-        pk: target.describe_row(tableoid, ctid),
-        table: target.relation.clone(),
-        reason,
+fn execute(
+    client: &mut SpiClient<'_>,
+    plan: Plan,
+    keys: RotationKeys,
+    dry_run: bool,
+) -> Result<Rotated, Error> {
+    let work = Work::Rotate {
+        rotator: keys.rotator,
+        dry_run,
+    };
+    let guard = call::install(work, Rc::clone(&plan.target))?;
+    if dry_run {
+        client.select(&plan.statement, Some(1), &[])?;
+    } else {
+        let updated = written::execute(&plan.statement)?;
+        written::confirm_all(updated)?;
     }
-    .report()
+    let counts = guard.counts();
+    let opened_by: Vec<(String, i64)> = keys
+        .old_fingerprints
+        .iter()
+        .cloned()
+        .zip(guard.opened_by())
+        .collect();
+    drop(guard);
+    let rotated = Rotated {
+        counts,
+        opened_by,
+        next: plan.batch.as_ref().filter(|b| !b.last).map(|b| b.to),
+        window: plan.batch.as_ref().map_or(0, |b| b.window),
+        end_block: plan.batch.as_ref().map_or(-1, |b| b.end_block),
+    };
+    if dry_run {
+        return Ok(rotated);
+    }
+    // AFTER triggers ran once the rows were stored and could have written them again: the
+    // whole table must now open with the new key. A batch leaves that to the final pass.
+    if plan.after_triggers && plan.range.is_none() {
+        check_rotated(client, &plan.target, keys.new)?;
+    }
+    audit::append(
+        client,
+        &plan.target,
+        counts,
+        &rotated.opened_by,
+        &keys.old_fingerprints,
+        keys.new_fingerprint,
+    )?;
+    Ok(rotated)
 }
 
-fn same_tid(a: pg_sys::ItemPointerData, b: pg_sys::ItemPointerData) -> bool {
-    pgrx::itemptr::item_pointer_to_u64(a) == pgrx::itemptr::item_pointer_to_u64(b)
+/// Refuses the rotation unless every row of the table opens with the new key or is empty.
+fn check_rotated(
+    client: &mut SpiClient<'_>,
+    target: &Rc<Target>,
+    new: Rc<Cipher>,
+) -> Result<(), Error> {
+    let guard = call::install(Work::Verify { cipher: new }, Rc::clone(target))?;
+    client.select(
+        &encoding::sql(&target.verify_counts_statement())?,
+        Some(1),
+        &[],
+    )?;
+    let c = guard.counts();
+    drop(guard);
+    if c.not_readable + c.malformed > 0 {
+        return Err(Error::NotRotated {
+            table: target.relation.clone(),
+            rows: c.not_readable + c.malformed,
+        });
+    }
+    Ok(())
 }

@@ -1,18 +1,21 @@
-//! Resolving the table and column a call works on.
+//! Resolving, locking and checking the table and column a call works on.
 //!
-//! Every identifier that ends up in generated SQL comes out of the catalogs already quoted by
-//! Postgres (`pg_catalog.format('%I')`); user input only ever travels as an SPI parameter.
-//! Every function called is schema-qualified: an unqualified `format` could resolve to a
-//! better-matching function on the caller's search_path and inject SQL.
+//! The table name is the one thing resolved with the caller's `search_path`, in C as
+//! `to_regclass` does, before any of the extension's statements run. Everything after runs
+//! [`Confined`]: under a fixed `search_path`, with every function of another role refused
+//! ([`crate::table_code`]). Identifiers that end up in generated SQL come out of the catalogs
+//! already quoted by Postgres; user input only ever travels as an SPI parameter.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 use crate::encoding::{self, DbText, GetText};
 use crate::error::{required, Error};
+use crate::statement::SafeSearchPath;
+use crate::table_code;
 
-/// The type of the secret column; the value is cast to text to be read and back to this type
-/// to be written.
+/// The type of the secret column, known by OID: a domain or another schema's type of the same
+/// name is none of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnType {
     Jsonb,
@@ -28,6 +31,15 @@ impl ColumnType {
             ColumnType::Text => "pg_catalog.text",
         }
     }
+
+    fn of(oid: pg_sys::Oid) -> Option<ColumnType> {
+        match oid {
+            pg_sys::JSONBOID => Some(ColumnType::Jsonb),
+            pg_sys::JSONOID => Some(ColumnType::Json),
+            pg_sys::TEXTOID => Some(ColumnType::Text),
+            _ => None,
+        }
+    }
 }
 
 /// A resolved target: table, secret column and primary key, quoted for SQL.
@@ -35,14 +47,18 @@ impl ColumnType {
 pub struct Target {
     pub oid: pg_sys::Oid,
     /// `"schema"."table"`, always schema-qualified so that the statements we build cannot be
-    /// redirected by the caller's search_path after resolution.
+    /// redirected by a search_path after resolution.
     pub relation: String,
-    /// Quoted column name.
+    /// Whether the table is partitioned (its rows can move between partitions).
+    pub partitioned: bool,
+    /// Quoted column name, and as stored in the catalog.
     pub column: String,
+    pub column_name: String,
     pub column_type: ColumnType,
     /// Primary key columns as `(a, b)`, for messages.
     pub pk_columns: String,
-    /// An expression giving the row's primary key values as text, `a::text || ', ' || …`.
+    /// An expression giving the row's primary key values as text, `a, b`, through each type's
+    /// output function (`format('%s')`): a cast could run another role's code.
     pub pk_value_expr: String,
     /// The extension's own schema, quoted, to call its helpers without search_path lookups.
     pub ext_schema: String,
@@ -60,18 +76,75 @@ pub enum Lock {
     ShareRowExclusive,
 }
 
-impl Lock {
-    fn sql(self) -> &'static str {
-        match self {
-            Lock::AccessShare => "ACCESS SHARE",
-            Lock::ShareRowExclusive => "SHARE ROW EXCLUSIVE",
-        }
+/// What a call's own statements run inside, from the moment its table is resolved until it
+/// returns: the fixed search_path and the guard against other roles' functions.
+pub struct Confined {
+    // Dropped in this order: the guard first, then the search_path.
+    _code: table_code::Guard,
+    _path: SafeSearchPath,
+}
+
+impl Confined {
+    pub fn enter() -> Result<Confined, Error> {
+        let path = SafeSearchPath::enter();
+        Ok(Confined {
+            _code: table_code::Guard::enter()?,
+            _path: path,
+        })
     }
+}
+
+/// The relation `name` denotes for the caller (its search_path, quoting and qualification as
+/// `regclass` reads them), `None` when there is none; `42602` for a malformed name. Runs no
+/// SQL, so no object on the caller's path can be picked for one of ours.
+fn lookup(name: &str) -> Result<Option<pg_sys::Oid>, Error> {
+    let bytes = encoding::from_utf8(name, "target_table")?;
+    // SAFETY: a text datum made from the bytes; textToQualifiedNameList raises 42602 on a
+    // malformed name (as to_regclass does on 15; 16 and later would return NULL instead) and
+    // RangeVarGetRelidExtended with RVR_MISSING_OK returns InvalidOid for a missing relation.
+    let oid = unsafe {
+        let text = pg_sys::cstring_to_text_with_len(bytes.as_ptr().cast(), bytes.len() as i32);
+        let names = pg_sys::textToQualifiedNameList(text);
+        let range_var = pg_sys::makeRangeVarFromNameList(names);
+        pg_sys::RangeVarGetRelidExtended(
+            range_var,
+            pg_sys::NoLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    Ok((oid != pg_sys::InvalidOid).then_some(oid))
+}
+
+/// `"schema"."table"` of relation `oid`, quoted by Postgres, and its relkind.
+fn qualified_name(oid: pg_sys::Oid) -> Result<(String, u8), Error> {
+    // SAFETY: lsyscache lookups of a relation this backend has just found; a NULL result (the
+    // relation dropped meanwhile) is checked before use. The names are in the database encoding.
+    let (name, relkind) = unsafe {
+        let relname = pg_sys::get_rel_name(oid);
+        let nspname = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid));
+        if relname.is_null() || nspname.is_null() {
+            return Err(Error::Internal(
+                "relation vanished while being resolved".into(),
+            ));
+        }
+        let quoted = pg_sys::quote_qualified_identifier(nspname, relname);
+        (
+            std::ffi::CStr::from_ptr(quoted).to_bytes().to_vec(),
+            pg_sys::get_rel_relkind(oid) as u8,
+        )
+    };
+    Ok((
+        encoding::to_utf8(&name, "a relation name")?.into_owned(),
+        relkind,
+    ))
 }
 
 impl Target {
     /// Resolves `table` with the caller's search_path (schema-qualified and quoted names work,
-    /// as with `regclass`), locks it in `lock` mode, and checks `column`.
+    /// as with `regclass`), locks it in `lock` mode, checks it and `column`, and confines the
+    /// rest of the call ([`Confined`]).
     ///
     /// The table is locked by the name resolved from its OID, then the caller's name is
     /// resolved again: if a concurrent rename or a new table in an earlier search_path schema
@@ -82,37 +155,22 @@ impl Target {
         table: &str,
         column: &str,
         lock: Lock,
-    ) -> Result<Target, Error> {
-        check_name_syntax(table);
-        let rel = client
-            .select(
-                "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::pg_catalog.text
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.oid = pg_catalog.to_regclass($1)",
-                Some(1),
-                &[encoding::param(table)?],
-            )?
-            .first();
-        if rel.is_empty() {
+    ) -> Result<(Target, Confined), Error> {
+        let Some(oid) = lookup(table)? else {
             return Err(Error::UndefinedTable(shown_name(table)));
-        }
-        let (oid, relation, relkind) = (
-            rel.get::<pg_sys::Oid>(1)?,
-            rel.get_text(2)?,
-            rel.get_text(3)?,
-        );
-        let (Some(oid), Some(relation), Some(relkind)) = (oid, relation, relkind) else {
-            return Err(Error::Internal("pg_class row with NULL fields".into()));
         };
-        if relkind != "r" && relkind != "p" {
+        let (relation, relkind) = qualified_name(oid)?;
+        if relkind != b'r' && relkind != b'p' {
             return Err(Error::NotATable(relation));
         }
         match lock {
             // LOCK TABLE checks the caller's privileges for the mode and honours lock_timeout.
+            // A qualified, quoted name and no expression: nothing in it resolves on a path.
             Lock::ShareRowExclusive => {
                 client.update(
-                    &encoding::sql(&format!("LOCK TABLE {relation} IN {} MODE", lock.sql()))?,
+                    &encoding::sql(&format!(
+                        "LOCK TABLE {relation} IN SHARE ROW EXCLUSIVE MODE"
+                    ))?,
                     None,
                     &[],
                 )?;
@@ -122,90 +180,84 @@ impl Target {
             // and only for a role that may read the table, so that nobody can hold a lock on a
             // table they cannot read. Without the privilege the scan reports it as usual.
             Lock::AccessShare => {
-                let may_read = client
-                    .select(
-                        "SELECT pg_catalog.has_table_privilege($1, 'SELECT')",
-                        Some(1),
-                        &[oid.into()],
-                    )?
-                    .first()
-                    .get_one::<bool>()?;
-                if may_read == Some(true) {
-                    // SAFETY: a valid relation OID and lock mode; raises on lock_timeout.
-                    unsafe {
-                        pg_sys::LockRelationOid(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
-                    };
+                // SAFETY: a privilege check and a lock of a valid relation OID; LockRelationOid
+                // raises on lock_timeout.
+                unsafe {
+                    let may_read = pg_sys::pg_class_aclcheck(
+                        oid,
+                        pg_sys::GetUserId(),
+                        pg_sys::ACL_SELECT as _,
+                    ) == pg_sys::AclResult::ACLCHECK_OK;
+                    if may_read {
+                        pg_sys::LockRelationOid(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                    }
                 }
             }
         }
-        let still = client
-            .select(
-                "SELECT pg_catalog.to_regclass($1) = c.oid
-                        AND pg_catalog.format('%I.%I', n.nspname, c.relname) = $3,
-                        c.reltuples::float8,
-                        pg_catalog.row_security_active(c.oid)
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.oid = $2",
-                Some(1),
-                &[
-                    encoding::param(table)?,
-                    oid.into(),
-                    encoding::param(&relation)?,
-                ],
-            )?
-            .first();
-        if still.is_empty() || still.get::<bool>(1)? != Some(true) {
+        if lookup(table)? != Some(oid) || qualified_name(oid)?.0 != relation {
             return Err(Error::ConcurrentChange(relation));
         }
-        // -1 until the table was first vacuumed or analyzed; only used for progress messages.
-        let estimated_rows = still.get::<f64>(2)?.filter(|n| *n > 0.0).map(|n| n as i64);
-        // A policy would silently filter the rows this role sees: a rotation would leave the
-        // hidden rows under the old key, a verification would count only some. Checked under
-        // the lock: enabling row-level security or adding a policy needs a conflicting lock.
-        if still.get::<bool>(3)? != Some(false) {
-            return Err(Error::RowSecurity(relation));
-        }
+        let confined = Confined::enter()?;
 
-        let (column_type, quoted) = column_type(client, oid, &relation, column)?;
-        let column_type = match column_type.as_str() {
-            "jsonb" => ColumnType::Jsonb,
-            "json" => ColumnType::Json,
-            "text" => ColumnType::Text,
-            _ => {
-                return Err(Error::WrongColumnType {
-                    table: relation,
-                    column: quoted,
-                    found: column_type,
-                })
-            }
-        };
-
-        let pk = client
+        let rel = client
             .select(
-                "SELECT '(' || pg_catalog.string_agg(pg_catalog.format('%I', a.attname), ', ' ORDER BY k.ord) || ')',
-                        pg_catalog.string_agg(pg_catalog.format('%I::pg_catalog.text', a.attname), ' || '', '' || '
-                                   ORDER BY k.ord)
-                   FROM pg_catalog.pg_index i
-                   CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
-                   JOIN pg_catalog.pg_attribute a
-                     ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  WHERE i.indrelid = $1 AND i.indisprimary",
+                "SELECT c.reltuples::pg_catalog.float8, pg_catalog.row_security_active(c.oid)
+                   FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[oid.into()],
             )?
             .first();
-        let pk = (pk.get_text(1)?, pk.get_text(2)?);
-        let (Some(pk_columns), Some(pk_value_expr)) = pk else {
-            return Err(Error::NoPrimaryKey(relation));
+        if rel.is_empty() {
+            return Err(Error::ConcurrentChange(relation));
+        }
+        // -1 until the table was first vacuumed or analyzed; only used for progress messages.
+        let estimated_rows = rel.get::<f64>(1)?.filter(|n| *n > 0.0).map(|n| n as i64);
+        // A policy would silently filter the rows this role sees: a rotation would leave the
+        // hidden rows under the old key, a verification would count only some. Checked under
+        // the lock: enabling row-level security or adding a policy needs a conflicting lock.
+        if rel.get::<bool>(2)? != Some(false) {
+            return Err(Error::RowSecurity(relation));
+        }
+
+        let (type_oid, quoted, column_name) = column_type(client, oid, &relation, column)?;
+        let Some(column_type) = ColumnType::of(type_oid) else {
+            return Err(Error::WrongColumnType {
+                table: relation,
+                column: quoted,
+                found: type_name(client, type_oid)?,
+            });
         };
+
+        let pk: Vec<String> = client
+            .select(
+                "SELECT pg_catalog.format('%I', a.attname)
+                   FROM pg_catalog.pg_index i
+                   CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_catalog.pg_attribute a
+                     ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary
+                  ORDER BY k.ord",
+                None,
+                &[oid.into()],
+            )?
+            .map(|row| row.get_text(1).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?;
+        if pk.is_empty() {
+            return Err(Error::NoPrimaryKey(relation));
+        }
+        let pk_columns = format!("({})", pk.join(", "));
+        let pk_value_expr = format!(
+            "pg_catalog.format('{}', {})",
+            vec!["%s"; pk.len()].join(", "),
+            pk.join(", ")
+        );
 
         let ext_schema = client
             .select(
                 "SELECT pg_catalog.format('%I', n.nspname)
                    FROM pg_catalog.pg_extension e
-                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-                  WHERE e.extname = 'credential_rotate'",
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'credential_rotate'",
                 Some(1),
                 &[],
             )?
@@ -215,114 +267,41 @@ impl Target {
                 Error::Internal("extension credential_rotate is not installed".into())
             })?;
 
-        Ok(Target {
-            oid,
-            relation,
-            column: quoted,
-            column_type,
-            pk_columns,
-            pk_value_expr,
-            ext_schema,
-            estimated_rows,
-        })
+        Ok((
+            Target {
+                oid,
+                relation,
+                partitioned: relkind == b'p',
+                column: quoted,
+                column_name,
+                column_type,
+                pk_columns,
+                pk_value_expr,
+                ext_schema,
+                estimated_rows,
+            },
+            confined,
+        ))
     }
 
     /// Checks that `column` is a timestamp column of this table and returns it quoted.
     pub fn timestamp_column(&self, client: &SpiClient<'_>, column: &str) -> Result<String, Error> {
-        let (found, quoted) = column_type(client, self.oid, &self.relation, column)?;
-        if found != "timestamp with time zone" && found != "timestamp without time zone" {
+        let (found, quoted, _) = column_type(client, self.oid, &self.relation, column)?;
+        if found != pg_sys::TIMESTAMPTZOID && found != pg_sys::TIMESTAMPOID {
             return Err(Error::WrongTimestampType {
                 table: self.relation.clone(),
                 column: quoted,
-                found,
+                found: type_name(client, found)?,
             });
         }
         Ok(quoted)
-    }
-
-    /// Refuses a rewrite of this table (and of its partitions or inheritance children) when it
-    /// would run code that belongs to a role other than the caller: UPDATE triggers and their
-    /// WHEN clauses, UPDATE rules, functions in index expressions and predicates, in
-    /// constraints and in generated columns. Such code runs inside the rotation's statement and
-    /// can read its text, keys included (`current_query()`). Policies are not listed: they run
-    /// only for roles that row-level security applies to, and those are refused beforehand.
-    /// Built-in functions are trusted. `credential_rotate.trust_table_code` accepts the code.
-    pub fn refuse_foreign_code(&self, client: &SpiClient<'_>) -> Result<(), Error> {
-        if crate::TRUST_TABLE_CODE.get() {
-            return Ok(());
-        }
-        let found = client
-            .select(
-                "WITH RECURSIVE rels(oid) AS (
-                     SELECT $1::pg_catalog.oid
-                   UNION
-                     SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN rels r ON i.inhparent = r.oid
-                 ),
-                 triggers AS (
-                     SELECT t.oid, pg_catalog.format('trigger %I on %s', t.tgname, t.tgrelid::pg_catalog.regclass) AS what,
-                            t.tgfoid
-                       FROM pg_catalog.pg_trigger t JOIN rels r ON t.tgrelid = r.oid
-                      WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
-                        AND (t.tgtype::pg_catalog.int4 & 16) <> 0
-                 ),
-                 code(what, fn) AS (
-                     SELECT what, tgfoid FROM triggers
-                   UNION ALL
-                     SELECT t.what, d.refobjid FROM triggers t
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass
-                        AND d.objid = t.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                   UNION ALL
-                     SELECT pg_catalog.format('index %s', x.indexrelid::pg_catalog.regclass), d.refobjid
-                       FROM pg_catalog.pg_index x JOIN rels r ON x.indrelid = r.oid
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                        AND d.objid = x.indexrelid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                   UNION ALL
-                     SELECT pg_catalog.format('constraint %I on %s', c.conname, c.conrelid::pg_catalog.regclass), d.refobjid
-                       FROM pg_catalog.pg_constraint c JOIN rels r ON c.conrelid = r.oid
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
-                        AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                   UNION ALL
-                     SELECT pg_catalog.format('generated column %I of %s', a.attname, a.attrelid::pg_catalog.regclass), d.refobjid
-                       FROM pg_catalog.pg_attrdef ad JOIN rels r ON ad.adrelid = r.oid
-                       JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
-                        AND a.attgenerated <> ''
-                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
-                        AND d.objid = ad.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                 ),
-                 me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
-                 foreign_code(what) AS (
-                     SELECT c.what || ' (' || p.oid::pg_catalog.regprocedure::pg_catalog.text
-                            || ', owned by ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p.proowner)) || ')'
-                       FROM code c JOIN pg_catalog.pg_proc p ON p.oid = c.fn
-                      WHERE p.oid >= 16384 AND p.proowner <> (SELECT oid FROM me)
-                   UNION
-                     SELECT pg_catalog.format('rule %I on %s (owned by %I)', w.rulename,
-                                              w.ev_class::pg_catalog.regclass, pg_catalog.pg_get_userbyid(cl.relowner))
-                       FROM pg_catalog.pg_rewrite w JOIN rels r ON w.ev_class = r.oid
-                       JOIN pg_catalog.pg_class cl ON cl.oid = w.ev_class
-                      WHERE w.rulename <> '_RETURN' AND w.ev_type IN ('2', '*')
-                        AND cl.relowner <> (SELECT oid FROM me)
-                 )
-                 SELECT pg_catalog.string_agg(what, '; ' ORDER BY what) FROM foreign_code",
-                Some(1),
-                &[self.oid.into()],
-            )?
-            .first()
-            .get_text(1)?;
-        match found {
-            None => Ok(()),
-            Some(code) => Err(Error::ForeignTableCode {
-                table: self.relation.clone(),
-                code,
-            }),
-        }
     }
 
     /// The primary key of the row at (`tableoid`, `ctid`), as `(id)=(value)`, for messages.
     /// Only used on the error path, so the happy path never pays for formatting keys.
     pub fn describe_row(&self, tableoid: pg_sys::Oid, ctid: pg_sys::ItemPointerData) -> String {
         let query = format!(
-            "SELECT {} FROM {} WHERE tableoid = $1 AND ctid = $2",
+            "SELECT {} FROM {} WHERE tableoid OPERATOR(pg_catalog.=) $1 AND ctid OPERATOR(pg_catalog.=) $2",
             self.pk_value_expr, self.relation
         );
         let value = Spi::connect(|client| -> Result<Option<String>, Error> {
@@ -342,30 +321,19 @@ impl Target {
     }
 }
 
-/// Raises Postgres' own `42602 invalid name syntax` for a malformed table name.
-/// `to_regclass` raises it on PostgreSQL 15 but returns NULL from 16 on; checking first gives
-/// the same answer on every version (and never a "does not exist" naming a malformed string).
-fn check_name_syntax(name: &str) {
-    let text = pgrx::rust_str_to_text_p(name);
-    // SAFETY: a valid text datum; the call only parses it (pgrx turns its ERROR into a panic
-    // that unwinds to the function's boundary).
-    unsafe {
-        pg_sys::textToQualifiedNameList(text.as_ptr().cast());
-    }
-}
-
-/// The type (as `format_type` prints it) and quoted name of a live column.
+/// The type OID, quoted name and name of a live column.
 fn column_type(
     client: &SpiClient<'_>,
     oid: pg_sys::Oid,
     relation: &str,
     column: &str,
-) -> Result<(String, String), Error> {
+) -> Result<(pg_sys::Oid, String, String), Error> {
     let row = client
         .select(
-            "SELECT pg_catalog.format_type(a.atttypid, NULL), pg_catalog.format('%I', a.attname)
+            "SELECT a.atttypid, pg_catalog.format('%I', a.attname), a.attname::pg_catalog.text
                FROM pg_catalog.pg_attribute a
-              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name
+                AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped",
             Some(1),
             &[oid.into(), encoding::param(column)?],
         )?
@@ -376,10 +344,27 @@ fn column_type(
             column: shown_name(column),
         });
     }
-    match (row.get_text(1)?, row.get_text(2)?) {
-        (Some(ty), Some(quoted)) => Ok((ty, quoted)),
+    match (
+        row.get::<pg_sys::Oid>(1)?,
+        row.get_text(2)?,
+        row.get_text(3)?,
+    ) {
+        (Some(ty), Some(quoted), Some(name)) => Ok((ty, quoted, name)),
         _ => Err(Error::Internal("pg_attribute row with NULL fields".into())),
     }
+}
+
+/// A type as `format_type` prints it, for messages.
+fn type_name(client: &SpiClient<'_>, oid: pg_sys::Oid) -> Result<String, Error> {
+    Ok(client
+        .select(
+            "SELECT pg_catalog.format_type($1, NULL)",
+            Some(1),
+            &[oid.into()],
+        )?
+        .first()
+        .get_text(1)?
+        .unwrap_or_default())
 }
 
 /// The `target_table` and `secret_column` arguments of a call, as UTF-8.

@@ -37,22 +37,14 @@ fn credential_verify(
         name!(malformed, i64),
     ),
 > {
-    let counts = with_verify_call(key, target_table, secret_column, |client, target| {
-        let row = client
-            .select(
-                &encoding::sql(&target.verify_counts_statement())?,
-                Some(1),
-                &[],
-            )?
-            .first();
-        let (a, b, c) = row.get_three::<i64, i64, i64>()?;
-        let d = row.get::<i64>(4)?;
-        Ok((
-            a.unwrap_or(0),
-            b.unwrap_or(0),
-            c.unwrap_or(0),
-            d.unwrap_or(0),
-        ))
+    let counts = with_verify_call(key, target_table, secret_column, |client, target, guard| {
+        client.select(
+            &encoding::sql(&target.verify_counts_statement())?,
+            Some(1),
+            &[],
+        )?;
+        let c = guard.counts();
+        Ok((c.readable, c.not_readable, c.empty, c.malformed))
     });
     TableIterator::once(counts)
 }
@@ -65,17 +57,13 @@ fn credential_verify_rows(
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<'static, (name!(primary_key, DbText), name!(reason, DbText))> {
-    let rows = with_verify_call(key, target_table, secret_column, |client, target| {
-        let table = client.select(
-            &encoding::sql(&target.verify_rows_statement())?,
-            None,
-            &[encoding::param(&target.pk_columns)?],
-        )?;
+    let rows = with_verify_call(key, target_table, secret_column, |client, target, _| {
+        let table = client.select(&encoding::sql(&target.verify_rows_statement())?, None, &[])?;
         let mut rows = Vec::new();
         for row in table {
             let pk = row.get_text(1)?.unwrap_or_default();
             let reason = row.get_text(2)?.unwrap_or_default();
-            rows.push((pk, reason));
+            rows.push((format!("{}=({pk})", target.pk_columns), reason));
         }
         Ok(rows)
     });
@@ -93,7 +81,7 @@ fn with_verify_call<R>(
     key: Option<DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
-    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target) -> Result<R, Error>,
+    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target, &call::CallGuard) -> Result<R, Error>,
 ) -> R {
     hygiene::mark_statement();
     (|| {
@@ -102,9 +90,10 @@ fn with_verify_call<R>(
         let cipher = Rc::new(Cipher::new(&key));
         drop(key);
         Spi::connect_mut(|client| -> Result<R, Error> {
-            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
-            let _guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
-            body(client, &target)
+            let (target, _confined) = Target::resolve(client, &table, &column, Lock::AccessShare)?;
+            let target = Rc::new(target);
+            let guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
+            body(client, &target, &guard)
         })
     })()
     .or_report()
@@ -127,29 +116,49 @@ fn read_jsonb(secret: Option<RawJsonb>) -> Result<Option<Sealed>, EnvelopeError>
     secret.map_or(Ok(None), |secret| unsafe { secret.sealed() })
 }
 
-/// Classifies one row under the active verification's key, with no borrow of the call state
-/// live while `status` runs (reading the value may call Postgres).
-fn with_verify_cipher(helper: &'static str, status: impl FnOnce(&Cipher) -> Status) -> String {
+/// Classifies and counts one row under the active verification's key, with no borrow of the
+/// call state live while `status` runs (reading the value may call Postgres). `None` when the
+/// row opens or is empty, else why not: `not_readable` or the reason it is malformed.
+fn with_verify_cipher(
+    helper: &'static str,
+    status: impl FnOnce(&Cipher) -> Status,
+) -> Option<String> {
     let cipher = call::with_active(helper, |call| match &call.work {
-        Work::Verify { cipher } => {
-            call.counts.scanned += 1;
-            Ok(Rc::clone(cipher))
-        }
+        Work::Verify { cipher } => Ok(Rc::clone(cipher)),
         Work::Rotate { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
     })
     .or_report();
-    match status(&cipher) {
-        Status::Empty => "empty".into(),
-        Status::Readable { .. } => "readable".into(),
-        Status::NotReadable => "not_readable".into(),
-        Status::Malformed(reason) => reason.to_string(),
-    }
+    let status = status(&cipher);
+    drop(cipher);
+    call::with_active(helper, |call| {
+        let c = &mut call.counts;
+        c.scanned += 1;
+        Ok(match status {
+            Status::Empty => {
+                c.empty += 1;
+                None
+            }
+            Status::Readable { .. } => {
+                c.readable += 1;
+                None
+            }
+            Status::NotReadable => {
+                c.not_readable += 1;
+                Some("the envelope does not open with the key".to_owned())
+            }
+            Status::Malformed(reason) => {
+                c.malformed += 1;
+                Some(reason.to_string())
+            }
+        })
+    })
+    .or_report()
 }
 
-/// Per-row status under the active `credential_verify` key: `empty`, `readable`,
-/// `not_readable`, or the reason the value is malformed.
+/// Per-row helper of `credential_verify` and `credential_verify_rows`: counts the row under the
+/// active key; `NULL` when it opens or is empty, else why it does not.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_status(secret: Option<DbText>) -> String {
+fn _credential_status(secret: Option<DbText>) -> Option<String> {
     with_verify_cipher("_credential_status", |cipher| {
         cipher.status_of(read_text(secret))
     })
@@ -157,7 +166,7 @@ fn _credential_status(secret: Option<DbText>) -> String {
 
 /// As `_credential_status`, for a jsonb value read in its binary form.
 #[pg_extern(volatile, parallel_unsafe, security_invoker)]
-fn _credential_status_jsonb(secret: Option<RawJsonb>) -> String {
+fn _credential_status_jsonb(secret: Option<RawJsonb>) -> Option<String> {
     with_verify_cipher("_credential_status_jsonb", |cipher| {
         cipher.status_of(read_jsonb(secret))
     })
@@ -187,7 +196,8 @@ fn credential_key_census<'a>(
         let ring = Rc::new(KeyRing::new(&keys));
         drop(keys);
         Spi::connect_mut(|client| -> Result<_, Error> {
-            let target = Rc::new(Target::resolve(client, &table, &column, Lock::AccessShare)?);
+            let (target, _confined) = Target::resolve(client, &table, &column, Lock::AccessShare)?;
+            let target = Rc::new(target);
             let guard = call::install(Work::Census { keys: ring }, Rc::clone(&target))?;
             client.select(&encoding::sql(&target.census_statement())?, Some(1), &[])?;
             let counts = guard.counts();

@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
 load_test_keys
-RELEASES="0.1.0 0.2.0"
+RELEASES="0.1.0 0.2.0 0.3.0"
 UPGRADED=credential_rotate_upgraded
 FRESH=credential_rotate_fresh
 failures=0

@@ -67,8 +67,7 @@ SELECT ty, v.status, v.rows
 -- A key spelt with a character Node skips inside it (é) is the same key in every database
 -- encoding, as a single key and as an element of a key array.
 SELECT overlay(:'new_key' placing :'e' from 10 for 0) AS new_key_with_e \gset
-SELECT credential_key_fingerprint(:'new_key_with_e') = credential_key_fingerprint(:'new_key') AS same_key,
-       _credential_check_keys(ARRAY[:'new_key_with_e'], :'key') AS array_element_accepted;
+SELECT credential_key_fingerprint(:'new_key_with_e') = credential_key_fingerprint(:'new_key') AS same_key;
 SELECT * FROM credential_reencrypt(ARRAY[:'new_key_with_e'], :'key', :'t' || '_text', :'c', dry_run => true);
 -- A message naming a non-ASCII column.
 SELECT * FROM credential_verify(:'new_key', :'t' || '_text', :'c' || 'x');
