@@ -41,7 +41,9 @@ const KEY_TAKING_FUNCTIONS: &[&[u8]] = &[
     b"credential_key_fingerprint",
     b"credential_key_census",
     b"_credential_check_keys",
-    b"_credential_reencrypt_blocks",
+    b"_credential_batched_start",
+    b"_credential_reencrypt_batch",
+    b"_credential_reencrypt_batched",
 ];
 
 /// Records that the current statement's text may hold a key.

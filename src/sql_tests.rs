@@ -712,7 +712,7 @@ mod tests {
                 quote(KEY_B)
             ),
             "09000",
-            "skipped 1",
+            "skipped rows the rotation re-sealed",
         );
         assert_eq!(snapshot("rot13"), before);
     }
@@ -737,12 +737,12 @@ mod tests {
     /// The helpers PUBLIC may execute; everything else needs a grant.
     const PUBLIC_HELPERS: [&str; 13] = [
         "_credential_audit_append()",
+        "_credential_batched_start(text[],text,integer)",
         "_credential_census_status(text)",
         "_credential_census_status_jsonb(jsonb)",
         "_credential_check_keys(text,text)",
-        "_credential_check_keys(text[],text)",
-        "_credential_reencrypt_blocks(text,text,text,text,bigint,bigint)",
-        "_credential_reencrypt_blocks(text[],text,text,text,bigint,bigint)",
+        "_credential_reencrypt_batch(text[],text,text,text,integer,tid,bigint[])",
+        "_credential_reencrypt_batched(text[],text,integer,text,text)",
         "_credential_reencrypt_row(oid,tid,text)",
         "_credential_reencrypt_row_jsonb(oid,tid,jsonb)",
         "_credential_reencrypt_take(tid)",
@@ -785,16 +785,26 @@ mod tests {
         ] {
             expect_error(call, "55000", "only called by");
         }
-        // The batch helper acts on its own: it needs EXECUTE on the procedure that uses it.
-        expect_error(
-            &format!(
-                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', NULL, NULL)",
+        // The batch helpers act on their own: they need EXECUTE on a procedure that uses them.
+        for call in [
+            batch_call(KEY_A, KEY_B, "rot_pub", "NULL"),
+            format!(
+                "SELECT _credential_batched_start(ARRAY[{}], {}, 10)",
                 quote(KEY_A),
                 quote(KEY_B)
             ),
-            "42501",
-            "permission denied for procedure credential_reencrypt_batched",
-        );
+            format!(
+                "CALL _credential_reencrypt_batched(ARRAY[{}], {}, 10, 'rot_pub', 'secret')",
+                quote(KEY_A),
+                quote(KEY_B)
+            ),
+        ] {
+            expect_error(
+                &call,
+                "42501",
+                "permission denied for procedure credential_reencrypt_batched",
+            );
+        }
         // The user-facing functions need a grant.
         expect_error(
             &format!(
@@ -807,26 +817,49 @@ mod tests {
         );
         run("RESET ROLE");
         assert_eq!(snapshot("rot_pub"), before);
+        // Either form of the procedure, granted alone, grants its batches.
+        for (form, from, to) in [
+            ("text, text, integer, text, text", KEY_A, KEY_B),
+            ("text[], text, integer, text, text", KEY_B, KEY_A),
+        ] {
+            run(&format!(
+                "GRANT EXECUTE ON PROCEDURE credential_reencrypt_batched({form}) TO nobody_special"
+            ));
+            run("SET ROLE nobody_special");
+            assert_eq!(
+                counts(&batch_call(from, to, "rot_pub", "NULL")),
+                (3, 3, 0, 0)
+            );
+            run("RESET ROLE");
+            run(&format!(
+                "REVOKE EXECUTE ON PROCEDURE credential_reencrypt_batched({form}) FROM nobody_special"
+            ));
+        }
         run("GRANT EXECUTE ON PROCEDURE credential_reencrypt_batched(text, text, integer, text, text) TO nobody_special");
         run("SET ROLE nobody_special");
-        assert_eq!(
-            counts(&format!(
-                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', NULL, NULL)",
-                quote(KEY_A),
-                quote(KEY_B)
-            )),
-            (3, 3, 0, 0)
-        );
         expect_error(
             &format!(
-                "SELECT * FROM _credential_reencrypt_blocks({}, {}, 'rot_pub', 'secret', 0, NULL)",
-                quote(KEY_B),
-                quote(KEY_A)
+                "SELECT * FROM _credential_reencrypt_batch(ARRAY[{}], {}, 'rot_pub', 'secret', 10, NULL, '{{1,2}}')",
+                quote(KEY_A),
+                quote(KEY_B)
             ),
-            "22023",
-            "end_block must not be NULL",
+            "XX000",
+            "a batch's state is not one this library made",
         );
         run("RESET ROLE");
+    }
+
+    /// One call of the batch helper of `credential_reencrypt_batched`, from `old` to `new`, with
+    /// a fresh state for one old key; `resume` is a tid literal or NULL for the final pass.
+    /// Its counts: scanned, updated, already current, empty.
+    fn batch_call(old: &str, new: &str, table: &str, resume: &str) -> String {
+        format!(
+            "SELECT state[2], state[3], state[4], state[5]
+               FROM _credential_reencrypt_batch(ARRAY[{}], {}, '{table}', 'secret', 1000, {resume},
+                                                '{{0,0,0,0,0,16,-1,0}}')",
+            quote(old),
+            quote(new)
+        )
     }
 
     /// A table with row-level security whose policy shows `viewer` only the rows with an even
@@ -865,10 +898,14 @@ mod tests {
             format!("SELECT * FROM credential_reencrypt({k_a}, {k_b}, 'rls1', dry_run => true)"),
             format!("SELECT * FROM credential_verify({k_a}, 'rls1')"),
             format!("SELECT * FROM credential_verify_rows({k_a}, 'rls1')"),
-            format!("SELECT * FROM _credential_reencrypt_blocks({k_a}, {k_b}, 'rls1', 'secret', 0, 1)"),
-            format!("SELECT * FROM _credential_reencrypt_blocks({k_a}, {k_b}, 'rls1', 'secret', NULL, NULL)"),
+            batch_call(KEY_A, KEY_B, "rls1", "'(0,0)'"),
+            batch_call(KEY_A, KEY_B, "rls1", "NULL"),
         ] {
-            let err = expect_error(&call, "42501", "row-level security is active on public.rls1");
+            let err = expect_error(
+                &call,
+                "42501",
+                "row-level security is active on public.rls1",
+            );
             assert!(!err.contains(KEY_A) && !err.contains(KEY_B));
         }
         run("RESET ROLE");
@@ -992,7 +1029,7 @@ mod tests {
         run("SET ROLE app_owner_tc");
         run(
             "CREATE FUNCTION capture_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN INSERT INTO captured VALUES (current_query()); RETURN NEW; END $$",
+             BEGIN INSERT INTO public.captured VALUES (pg_catalog.current_query()); RETURN NEW; END $$",
         );
         run("CREATE TRIGGER capture BEFORE UPDATE ON tc_trigger FOR EACH ROW EXECUTE FUNCTION capture_trigger()");
         run("RESET ROLE");
@@ -1000,7 +1037,7 @@ mod tests {
         let err = expect_error(
             &rotate_ab("tc_trigger"),
             "55000",
-            "trigger capture on tc_trigger (capture_trigger(), owned by app_owner_tc)",
+            "trigger capture on public.tc_trigger (public.capture_trigger(), owned by app_owner_tc)",
         );
         assert!(!err.contains(KEY_A) && !err.contains(KEY_B));
         assert_eq!(snapshot("tc_trigger"), before);
@@ -1026,7 +1063,7 @@ mod tests {
         expect_error(
             &rotate_ab("tc_index"),
             "55000",
-            "index tc_index_name (capture_index(text), owned by app_owner_tc)",
+            "index public.tc_index_name (public.capture_index(text), owned by app_owner_tc)",
         );
         let seen = one::<String>("SELECT current_setting('tc.captured', true)").unwrap_or_default();
         assert!(!seen.contains(KEY_A) && !seen.contains(KEY_B));
@@ -1039,7 +1076,7 @@ mod tests {
         expect_error(
             &rotate_ab("tc_rule"),
             "55000",
-            "rule capture_rule on tc_rule (owned by app_owner_tc)",
+            "rule capture_rule on public.tc_rule (owned by app_owner_tc)",
         );
         assert_eq!(captured_rows(), 0);
 
@@ -1526,7 +1563,7 @@ mod tests {
                 "new_key is the same key as old_keys[1]",
             ),
             (
-                format!("_credential_check_keys(ARRAY[NULL, {k_a}], {k_b})"),
+                format!("_credential_batched_start(ARRAY[NULL, {k_a}], {k_b}, 10)"),
                 "old_keys[1] is not a valid key: it is NULL",
             ),
             (
@@ -1674,21 +1711,16 @@ mod tests {
         create_profiles("sk7");
         seed_under("sk7", "a", 3, KEY_A);
         seed_under("sk7", "b", 2, KEY_B);
+        // State for two old keys: batches, scanned, updated, already, empty, window, end, opened.
         let row = one::<String>(&format!(
-            "SELECT scanned || ' ' || updated || ' ' || opened_by::text || ' ' || old_key_fingerprints::text
-               FROM _credential_reencrypt_blocks(ARRAY[{}, {}], {}, 'sk7', 'secret', NULL, NULL)",
+            "SELECT (resume IS NULL)::text || ' ' || state::text
+               FROM _credential_reencrypt_batch(ARRAY[{}, {}], {}, 'sk7', 'secret', 10, NULL,
+                                                '{{0,0,0,0,0,16,-1,0,0}}')",
             quote(KEY_B),
             quote(KEY_A),
             quote(KEY_C)
         ));
-        assert_eq!(
-            row,
-            Some(format!(
-                "5 5 {{2,3}} {{{},{}}}",
-                fingerprint(KEY_B),
-                fingerprint(KEY_A)
-            ))
-        );
+        assert_eq!(row.as_deref(), Some("true {0,5,5,0,0,16,-1,2,3}"));
         assert_eq!(verify(KEY_C, ", 'sk7'"), (5, 0, 0, 0));
     }
 }
