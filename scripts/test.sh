@@ -29,9 +29,18 @@ stage() {
     fi
 }
 
+# The whole workspace (the extension, crates/core, crates/cli) and the fuzz targets, which are
+# a workspace of their own.
 lint() {
-    cargo fmt --check &&
-        cargo clippy --quiet --all-targets --features "pg15 pg_test" -- -D warnings
+    cargo fmt --all --check &&
+        (cd fuzz && cargo fmt --check) &&
+        cargo clippy --quiet --workspace --all-targets \
+            --features "credential_rotate/pg15 credential_rotate/pg_test" -- -D warnings
+}
+
+# The plain-Rust crates' unit tests: cargo pgrx test runs the extension package's only.
+unit_tests() {
+    cargo test --quiet -p credential-rotate-core
 }
 
 # cargo pgrx test pgNN builds with --no-default-features --features "pgNN pg_test" itself.
@@ -114,6 +123,7 @@ start_test_cluster() {
 ensure_deps "${VERSIONS[@]}" || exit 1
 
 stage "cargo fmt and clippy" lint
+stage "unit tests of the plain-Rust core (crates/core)" unit_tests
 stage "the grant block of docs/security.md is the one the privileges test runs" bash tests/doc_grants.sh
 
 # On every version in PG_VERSIONS. Stage names start with "pgNN:".

@@ -17,9 +17,9 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
 };
 use pgrx::FromDatum;
 
-use crate::container::{Root, Value};
-use crate::envelope::format::DECODED_FIELDS;
-use crate::envelope::{EncodedParts, EnvelopeError, Field, Sealed};
+use crate::container::Root;
+use crate::envelope::{EncodedParts, EnvelopeError, Sealed};
+use crate::stored;
 
 // The pure layout reader's constants are Postgres' own, checked at compile time.
 const _: () = {
@@ -86,24 +86,6 @@ unsafe impl SqlTranslatable for RawJsonb {
         Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }
 
-/// The shape of a stored jsonb secret, as far as a rotation cares.
-pub enum Shape<'a> {
-    NotAnObject,
-    EmptyObject,
-    /// algorithm, iv, ciphertext, authTag
-    Object([Field<'a>; 4]),
-}
-
-const FIELD_NAMES: [&[u8]; 4] = {
-    let [algorithm, iv, ciphertext, tag] = DECODED_FIELDS;
-    [
-        algorithm.as_bytes(),
-        iv.as_bytes(),
-        ciphertext.as_bytes(),
-        tag.as_bytes(),
-    ]
-};
-
 impl RawJsonb {
     /// The value as a `Jsonb` with a 4-byte header, as DatumGetJsonbP gives it. An envelope
     /// stored inline and uncompressed already is one; only other values pay for a detoast.
@@ -145,39 +127,13 @@ impl RawJsonb {
         unsafe { self.container() }
     }
 
-    /// Looks up the envelope fields in the stored bytes, without copying them.
-    ///
-    /// # Safety
-    /// The datum must be a valid jsonb.
-    pub unsafe fn shape<'a>(&'a self) -> Result<Shape<'a>, EnvelopeError> {
-        // SAFETY: forwarded to the caller.
-        let bytes = unsafe { self.container() };
-        match Root::parse(bytes).ok_or(EnvelopeError::DamagedJsonb)? {
-            Root::NotAnObject => Ok(Shape::NotAnObject),
-            Root::Object(object) if object.is_empty() => Ok(Shape::EmptyObject),
-            Root::Object(object) => Ok(Shape::Object(object.get(FIELD_NAMES).map(
-                |value| match value {
-                    None => Field::Missing,
-                    Some(Value::Other) => Field::NotAString,
-                    Some(Value::String(bytes)) => Field::Str(bytes),
-                },
-            ))),
-        }
-    }
-
     /// The decoded envelope of a stored jsonb secret; `None` for `{}`.
     ///
     /// # Safety
     /// The datum must be a valid jsonb.
     pub unsafe fn sealed(&self) -> Result<Option<Sealed>, EnvelopeError> {
         // SAFETY: forwarded to the caller.
-        match unsafe { self.shape() }? {
-            Shape::NotAnObject => Err(EnvelopeError::NotAnObject),
-            Shape::EmptyObject => Ok(None),
-            Shape::Object([algorithm, iv, ciphertext, tag]) => {
-                Sealed::decode(algorithm, iv, ciphertext, tag).map(Some)
-            }
-        }
+        stored::sealed(unsafe { self.container() })
     }
 
     /// The value's JSON text, as `jsonb_out` writes it, converted from the database encoding

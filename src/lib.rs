@@ -1,11 +1,14 @@
 //! credential_rotate: rotate the AES-256-GCM key that seals application credential secrets,
 //! inside PostgreSQL, in the caller's transaction.
 //!
-//! Plain Rust, no pgrx (unit-tested and fuzzed without a server):
+//! Plain Rust, no pgrx, in the workspace's `credential-rotate-core` crate (crates/core), shared
+//! with the `credential-rotate` program and the fuzz targets, and re-exported here so that the
+//! SQL layer names them as before:
 //!
 //! - [`envelope`]: the application's envelope format, its cipher and the rotation decision.
 //! - [`key`]: parsing keys as the application reads them, fingerprints, generation.
 //! - [`container`]: reading and splicing a stored jsonb container's bytes.
+//! - [`stored`]: a stored jsonb container read as an envelope's fields.
 //!
 //! The SQL layer:
 //!
@@ -26,17 +29,16 @@
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
+pub use credential_rotate_core::{container, envelope, key, stored};
+
 pub mod audit;
 pub mod batched;
 pub mod call;
-pub mod container;
 pub mod encoding;
-pub mod envelope;
 pub mod error;
 pub mod functions;
 pub mod hygiene;
 pub mod jsonb;
-pub mod key;
 pub mod progress;
 pub mod reseal;
 pub mod rotate;

@@ -3,11 +3,9 @@
 //! replaced strings and every other entry byte for byte as it was.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/container.rs"]
-mod container;
-
-use container::{Root, Value, JENTRY_ISCONTAINER, JENTRY_ISNUMERIC, JENTRY_ISSTRING};
+use credential_rotate_core::container::{
+    Root, Value, JENTRY_ISCONTAINER, JENTRY_ISNUMERIC, JENTRY_ISSTRING,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// What a rotation replaces.

@@ -2,17 +2,8 @@
 //! answer with a value or an error, never a panic or a hang.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/key.rs"]
-mod key;
-
-// The module re-exports the whole core; a target uses only part of it.
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/envelope/mod.rs"]
-mod envelope;
-
-use envelope::{Cipher, Rotation, Rotator};
-use key::Key;
+use credential_rotate_core::envelope::{Cipher, Rotation, Rotator};
+use credential_rotate_core::key::Key;
 use libfuzzer_sys::fuzz_target;
 
 const KEY_A: &str = "y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q=";

@@ -1,34 +1,21 @@
 //! Any bytes as a stored jsonb container, rotated as a jsonb column is: the four fields read
-//! from the layout, decoded, opened with the old key and re-sealed with the new one in place
-//! (`rotate_sealed`), and the new parts spliced into a copy of the container. The outcome must
-//! be what opening the envelope with each key says it must be: a clean error, "already
-//! current", or a container whose every other entry is byte for byte as stored and that opens
-//! with the new key to the plaintext the old key opened.
+//! from the layout by the extension's own mapping (`stored::envelope_fields`), decoded, opened
+//! with the old key and re-sealed with the new one in place (`rotate_sealed`), and the new
+//! parts spliced into a copy of the container. The outcome must be what opening the envelope
+//! with each key says it must be: a clean error, "already current", or a container whose
+//! every other entry is byte for byte as stored and that opens with the new key to the
+//! plaintext the old key opened.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/key.rs"]
-mod key;
-
-// The module re-exports the whole core; a target uses only part of it.
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/envelope/mod.rs"]
-mod envelope;
-
-#[allow(dead_code)]
-#[path = "../../src/container.rs"]
-mod container;
-
-use container::{Object, Root, Value, JENTRY_ISSTRING};
-use envelope::{Cipher, EnvelopeError, Field, Rotation, Rotator, Sealed};
-use key::Key;
+use credential_rotate_core::container::{Object, Root, JENTRY_ISSTRING};
+use credential_rotate_core::envelope::{Cipher, EnvelopeError, Field, Rotation, Rotator, Sealed};
+use credential_rotate_core::key::Key;
+use credential_rotate_core::stored::envelope_fields as fields;
 use libfuzzer_sys::fuzz_target;
 
 /// key_a and key_b of tests/vectors/envelopes.json: the seeds are sealed with key_a.
 const KEY_A: &str = "y7QfQGeSfw6u8HWZuarB5M6BDtgzAkRg7bi7ybO8U4Q=";
 const KEY_B: &str = "PqY24adaBxBoQtbZuDIC7KFXE1iJzoKgRpTDjZVmOsc=";
-
-const FIELDS: [&[u8]; 4] = [b"algorithm", b"iv", b"ciphertext", b"authTag"];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, bytes)) = data.split_first() else {
@@ -62,15 +49,6 @@ fuzz_target!(|data: &[u8]| {
     };
     rotate_and_check(&staged, &rotator, &old, &new);
 });
-
-/// The envelope's four fields as the jsonb path reads them (`jsonb::RawJsonb::shape`).
-fn fields<'a>(object: &Object<'a>) -> [Field<'a>; 4] {
-    object.get(FIELDS).map(|value| match value {
-        None => Field::Missing,
-        Some(Value::Other) => Field::NotAString,
-        Some(Value::String(bytes)) => Field::Str(bytes),
-    })
-}
 
 fn rotate_and_check(object: &Object<'_>, rotator: &Rotator, old: &Cipher, new: &Cipher) {
     // `{}` never reaches a rotation: the caller counts it as empty.

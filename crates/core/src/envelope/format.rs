@@ -107,7 +107,7 @@ impl EncodedParts {
     }
 
     /// Parts given as base64 text (tests).
-    #[cfg(any(test, feature = "pg_test"))]
+    #[cfg(any(test, feature = "test-support"))]
     pub fn from_text(iv: &str, ciphertext: &str, auth_tag: &str) -> EncodedParts {
         EncodedParts {
             buffer: [iv, ciphertext, auth_tag].concat().into_bytes(),

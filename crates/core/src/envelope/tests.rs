@@ -19,7 +19,7 @@ struct Vectors {
 
 fn vectors() -> Vectors {
     let raw: Value =
-        serde_json::from_str(include_str!("../../tests/vectors/envelopes.json")).unwrap();
+        serde_json::from_str(include_str!("../../../../tests/vectors/envelopes.json")).unwrap();
     let pairs = |name: &str, text: &str| -> Vec<(String, Value)> {
         raw[name]
             .as_array()

@@ -235,13 +235,13 @@ fn replacement<'r>(replacements: &[(&[u8], &'r [u8])], key: &[u8]) -> Option<&'r
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A container written the way Postgres' convertJsonbObject writes one, for objects of
     /// strings, booleans and nulls (no alignment padding). Keys must be given sorted in
     /// jsonb order (shorter first, then bytewise).
-    fn container(pairs: &[(&str, Option<&str>)]) -> Vec<u8> {
+    pub(crate) fn container(pairs: &[(&str, Option<&str>)]) -> Vec<u8> {
         let n = pairs.len();
         let mut out = (n as u32 | JB_FOBJECT).to_ne_bytes().to_vec();
         let mut data = Vec::new();
