@@ -3,17 +3,18 @@
 #   packaging/debian/build.sh NN VERSION PAYLOAD OUT
 # PAYLOAD holds usr/lib/postgresql/NN/lib/credential_rotate.so and
 # usr/share/postgresql/NN/extension/credential_rotate{.control,--*.sql}; the package
-# OUT/postgresql-NN-credential-rotate_VERSION-R_amd64.deb (R: CREDENTIAL_ROTATE_DEB_REVISION,
-# default 1) gets them plus /usr/share/doc/postgresql-NN-credential-rotate/{copyright,
-# changelog.gz, changelog.Debian.gz}, a control file, md5sums, root ownership, 755/644 modes
-# and timestamps of SOURCE_DATE_EPOCH (default: the last commit's). dpkg-deb only: no debhelper,
-# no source package, no network. Prints the package's path.
+# OUT/postgresql-NN-credential-rotate_VERSION-1_amd64.deb gets them plus
+# /usr/share/doc/postgresql-NN-credential-rotate/{copyright,changelog.gz,changelog.Debian.gz},
+# a control file, md5sums, root ownership, 755/644 modes and timestamps of SOURCE_DATE_EPOCH
+# (default: the last commit's). dpkg-deb only: no debhelper, no source package, no network.
+# Prints the package's path.
 set -euo pipefail
 major=$1 version=$2 payload=$3 out=$4
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 pkg=postgresql-$major-credential-rotate
-debversion=$version-${CREDENTIAL_ROTATE_DEB_REVISION:-1}
+# Debian revision 1: one build per upstream version.
+debversion=$version-1
 deb=$out/${pkg}_${debversion}_amd64.deb
 epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || date +%s)}
 maintainer=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["maintainer"])' "$repo/META.json")
