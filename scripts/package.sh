@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds the release artifacts that install credential_rotate on a server without Rust, one per
+# Builds the release artifacts that install credential_rotate on a server without Rust, two per
 # PostgreSQL major version:
 #   dist/credential_rotate-<version>-pg<NN>-linux-x86_64.tar.gz (and a .sha256 beside it)
-# laid out for the paths of Debian's and PGDG's packages and of the official postgres:NN
-# images, so that `tar -xzf <artifact> -C /` installs it there:
+#   dist/postgresql-<NN>-credential-rotate_<version>-1_amd64.deb (packaging/debian/build.sh)
+# both with the same files, at the paths of Debian's and PGDG's packages and of the official
+# postgres:NN images, so that `tar -xzf <artifact> -C /` or `apt-get install ./<deb>` installs
+# them there (the .deb adds its /usr/share/doc/postgresql-NN-credential-rotate):
 #   usr/lib/postgresql/NN/lib/credential_rotate.so
 #   usr/share/postgresql/NN/extension/credential_rotate.control
 #   usr/share/postgresql/NN/extension/credential_rotate--*.sql   (every install and upgrade
 #                                                                  script, previous releases' too)
 #   scripts/package.sh [NN ...]        (default: every supported version, 15 16 17 18)
+# CREDENTIAL_ROTATE_DIST: another output directory than dist/.
 # Release builds (fat LTO): a few minutes per version on a 2-core machine.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -38,7 +41,10 @@ for major in "${versions[@]}"; do
     lib=$work/root/usr/lib/postgresql/$major/lib
     ext=$work/root/usr/share/postgresql/$major/extension
     mkdir -p "$lib" "$ext"
+    # Stripped as dh_strip strips a Debian package's libraries: the symbols Postgres looks up
+    # are dynamic ones and stay.
     install -m 755 "$built_lib/$EXT.so" "$lib/"
+    strip --strip-unneeded --remove-section=.comment --remove-section=.note "$lib/$EXT.so"
     install -m 644 "$built_ext/$EXT.control" "$built_ext/$EXT"--*.sql "$ext/"
     # cargo pgrx packages the current version's script and the upgrade scripts; a previous
     # release's install script (sql/credential_rotate--<version>.sql) is shipped too, as
@@ -59,8 +65,11 @@ for major in "${versions[@]}"; do
     (cd "$work/root" && find . -type f -printf '%P\n' | LC_ALL=C sort |
         tar -czf "$artifact" --owner=0 --group=0 --numeric-owner --no-recursion -T -)
     (cd "$DIST" && sha256sum "$(basename "$artifact")" >"$(basename "$artifact").sha256")
+    deb=$(bash packaging/debian/build.sh "$major" "$VERSION" "$work/root" "$DIST")
     rm -rf "$work"
     trap - EXIT
     echo "$artifact"
     tar -tzvf "$artifact" | sed 's/^/    /'
+    echo "$deb"
+    dpkg-deb --contents "$deb" | sed 's/^/    /'
 done

@@ -2,8 +2,10 @@
 # Runs every test of credential_rotate on a fresh Debian 12 machine (installing what is
 # missing). On every supported PostgreSQL version: the Rust unit tests and #[pg_test]s, the
 # pg_regress suite, the isolation tests, the Node.js interop tests and the server-log hygiene
-# check. Once: formatting and lints, fuzzing, and on PostgreSQL 15 the faults, live writes,
-# hot standby and upgrade tests (docs/development.md says why).
+# check. Once: formatting and lints, fuzzing, on PostgreSQL 15 the faults, live writes, hot
+# standby and upgrade tests (docs/development.md says why), and the release artifacts of every
+# version: built once, then the PGXN metadata, the tarballs, the Debian packages and a
+# pg_upgrade from 16 to 17 with them.
 #   PG_VERSIONS="15 17" scripts/test.sh     narrows the run (default: all of 15 16 17 18);
 #                                           the PostgreSQL 15 once-only stages run when 15 is in
 set -uo pipefail
@@ -153,9 +155,23 @@ if [[ " ${VERSIONS[*]} " == *" 15 "* ]]; then
     fi
 fi
 
-# Once, whatever the server version.
-stage "release artifacts install and rotate without cargo (15: Debian's, 16: a fresh wheel tree)" \
+# Once, whatever the server version: the release artifacts of every supported version, built
+# once (release builds, a few minutes each) into a directory of this run, which the stages
+# after it take from CREDENTIAL_ROTATE_DIST.
+CREDENTIAL_ROTATE_DIST=$(mktemp -d /tmp/credential_rotate-dist.XXXXXX)
+export CREDENTIAL_ROTATE_DIST
+trap 'rm -rf "$CREDENTIAL_ROTATE_DIST"' EXIT
+# shellcheck disable=SC2086 # the list of versions
+stage "release artifacts: tarballs and Debian packages for $PG_SUPPORTED (scripts/package.sh)" \
+    bash scripts/package.sh $PG_SUPPORTED
+stage "PGXN META.json valid; one version in Cargo.toml, META.json, CHANGELOG.md and every artifact" \
+    bash tests/meta.sh
+stage "release tarballs install and rotate without cargo (15: Debian's, 16: a fresh wheel tree)" \
     bash tests/package.sh 15 16
+stage "Debian packages: fields, files and lintian for 15-18; apt-get install, rotate and remove on Debian's 15" \
+    bash tests/deb.sh
+stage "pg_upgrade 16 -> 17 with the extension: --check refuses without its files, then upgrades; audit rows, verify, rotation back" \
+    bash tests/pg_upgrade.sh 16 17
 stage "fuzzing the envelope parser, opener, key parser, jsonb layout reader and splice, and re-sealing" fuzz
 
 if [ "$failed" -gt 0 ]; then
