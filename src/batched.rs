@@ -355,3 +355,29 @@ pub struct BatchEnd {
     pub window: u32,
     pub end_block: i64,
 }
+
+/// The batch helpers of releases before 0.4.0, whose install and upgrade scripts still name
+/// them: a database created at such a version, or being upgraded through one, needs the
+/// symbols. Not in the 0.4.0 catalog (`sql = false`); called, they say what to do.
+mod before_0_4_0 {
+    use pgrx::prelude::*;
+
+    fn update_first() -> ! {
+        crate::error::Error::OlderVersion.report()
+    }
+
+    #[pg_extern(sql = false)]
+    fn _credential_reencrypt_blocks() {
+        update_first()
+    }
+
+    #[pg_extern(sql = false)]
+    fn _credential_reencrypt_blocks_keys() {
+        update_first()
+    }
+
+    #[pg_extern(sql = false)]
+    fn _credential_check_old_keys() {
+        update_first()
+    }
+}

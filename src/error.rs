@@ -111,6 +111,9 @@ pub enum Error {
     NotUtf8(&'static str),
     #[error("{0} holds a NUL character, which no text value can hold")]
     NulCharacter(&'static str),
+    /// A routine of an earlier version's catalog whose library code is gone.
+    #[error("this database's credential_rotate is at an older version than its library")]
+    OlderVersion,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("SPI error: {0}")]
@@ -160,6 +163,7 @@ impl Error {
                 ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION
             }
             Error::ForeignCodeRan { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::OlderVersion => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::NotInCall(_) | Error::NotInCensus(_) | Error::Nested => {
                 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
@@ -185,6 +189,7 @@ impl Error {
                 "Nothing was read or changed. Run it as the table's owner (unless the table has FORCE ROW LEVEL SECURITY), as a role with BYPASSRLS, or as a superuser.",
             ),
             Error::ConcurrentChange(_) => Some("Nothing was changed. Call it again."),
+            Error::OlderVersion => Some("Run ALTER EXTENSION credential_rotate UPDATE in this database."),
             Error::BatchedInTransaction => Some(
                 "Nothing was read or changed. CALL it in autocommit mode, outside BEGIN ... COMMIT (psql: \\set AUTOCOMMIT on); give it a lock_timeout with SET lock_timeout before the CALL.",
             ),
