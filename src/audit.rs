@@ -2,18 +2,89 @@
 //! in the caller's transaction (committed or rolled back with the rotation), naming the keys by
 //! their fingerprints, never by a key.
 //!
-//! The rotation hands its record over through backend-local state ([`call::set_pending_audit`])
-//! to the SECURITY DEFINER `_credential_audit_append`, which writes it: rotation roles need
-//! no privilege on the audit table, and a role allowed to call the append cannot write a
-//! record of its own making.
+//! The rotation hands its record over through backend-local state ([`append`]) to the
+//! SECURITY DEFINER `_credential_audit_append`, which writes it: rotation roles need no
+//! privilege on the audit table, and a role allowed to call the append cannot write a record
+//! of its own making. The record never outlives the (sub)transaction of the rotation that made
+//! it: the guard withdraws it on return or unwinding, the abort callbacks ([`crate::call`]) on
+//! any other path.
+
+use std::cell::RefCell;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::call::{self, AuditRecord, Counts};
+use crate::call::{self, Counts};
 use crate::encoding::{self, GetText};
 use crate::error::{Error, OrReport};
 use crate::target::Target;
+
+/// What the audit row of a finished rotation records.
+struct AuditRecord {
+    ext_schema: String,
+    rotated_by: String,
+    target_table: String,
+    secret_column: String,
+    counts: Counts,
+    /// Each old key's fingerprint and the rows it opened, in the order the keys were given.
+    opened_by: Vec<(String, i64)>,
+    old_fingerprint: String,
+    new_fingerprint: String,
+}
+
+struct Pending {
+    record: AuditRecord,
+    subxact: pg_sys::SubTransactionId,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+}
+
+/// Holds the record while its `_credential_audit_append` runs; dropping it (on return or
+/// unwinding) withdraws a record that was not taken.
+struct PendingGuard(());
+
+impl PendingGuard {
+    fn hand_over(record: AuditRecord) -> PendingGuard {
+        let pending = Pending {
+            record,
+            subxact: call::current_subxact(),
+        };
+        PENDING.with(|p| {
+            if let Ok(mut slot) = p.try_borrow_mut() {
+                *slot = Some(pending);
+            }
+        });
+        PendingGuard(())
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        wipe_pending(None);
+    }
+}
+
+/// The record a rotation of this backend has just handed over, if any.
+fn take_pending() -> Option<AuditRecord> {
+    PENDING.with(|p| p.try_borrow_mut().ok()?.take().map(|p| p.record))
+}
+
+/// Withdraws the pending record: any (`None`), or only one handed over in subtransaction
+/// `from` or a later one (one that is aborting, and its children).
+pub fn wipe_pending(from: Option<pg_sys::SubTransactionId>) {
+    PENDING.with(|p| {
+        if let Ok(mut slot) = p.try_borrow_mut() {
+            if slot
+                .as_ref()
+                .is_some_and(|p| from.is_none_or(|s| p.subxact >= s))
+            {
+                slot.take();
+            }
+        }
+    });
+}
 
 /// Records the rotation of `target` that has just finished: hands the record over and has
 /// `_credential_audit_append` write it. `opened_by` pairs each old key's fingerprint with the
@@ -31,7 +102,7 @@ pub fn append(
         .first()
         .get_text(1)?
         .unwrap_or_default();
-    let _pending = call::set_pending_audit(AuditRecord {
+    let _pending = PendingGuard::hand_over(AuditRecord {
         ext_schema: target.ext_schema.clone(),
         rotated_by,
         target_table: target.relation.clone(),
@@ -59,8 +130,11 @@ pub fn append(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn _credential_audit_append() -> bool {
-    let record = call::take_pending_audit()
-        .ok_or(Error::NotInCall("_credential_audit_append"))
+    let record = take_pending()
+        .ok_or(Error::NotInCall {
+            helper: "_credential_audit_append",
+            caller: "credential_reencrypt",
+        })
         .or_report();
     let rows_by_old_key = serde_json::Value::Object(
         record

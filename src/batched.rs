@@ -16,9 +16,9 @@ use pgrx::datum::Array;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+use crate::args;
 use crate::encoding::DbText;
 use crate::error::{Error, OrReport};
-use crate::functions::parse_rotation_keys;
 use crate::hygiene;
 use crate::progress::Notice;
 use crate::rotate::{self, Extent, Options, RotationKeys};
@@ -140,8 +140,7 @@ fn _credential_batched_start<'a>(
 ) -> Vec<i64> {
     hygiene::mark_statement();
     let keys = (|| {
-        let (old, _new) =
-            parse_rotation_keys(old_keys.as_ref().map(|a| a.iter()), new_key.as_ref())?;
+        let (old, _new) = args::several_old(old_keys.as_ref().map(|a| a.iter()), new_key.as_ref())?;
         match batch_rows {
             Some(n) if n >= 1 => {}
             _ => return Err(Error::BatchRows),

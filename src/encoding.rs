@@ -197,14 +197,6 @@ impl DbText {
     }
 }
 
-/// An optional text argument as UTF-8.
-pub fn arg_utf8<'a>(
-    arg: &'a Option<DbText>,
-    what: &'static str,
-) -> Result<Option<Cow<'a, str>>, Error> {
-    arg.as_ref().map(|t| t.to_utf8(what)).transpose()
-}
-
 impl FromDatum for DbText {
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,

@@ -88,10 +88,12 @@ pub enum Error {
     NotRotated { table: String, rows: i64 },
     #[error("the call would run function {function}, owned by {owner}: code of another role, which runs with the caller's rights")]
     ForeignCodeRan { function: String, owner: String },
-    #[error("{0} is only called by credential_reencrypt and credential_verify")]
-    NotInCall(&'static str),
-    #[error("{0} is only called by credential_key_census")]
-    NotInCensus(&'static str),
+    /// An internal helper called outside the call it serves (or after it ended).
+    #[error("{helper} is only called by {caller}, while it runs")]
+    NotInCall {
+        helper: &'static str,
+        caller: &'static str,
+    },
     #[error("credential_reencrypt and credential_verify cannot be nested")]
     Nested,
     #[error("credential_reencrypt must run in a READ COMMITTED transaction")]
@@ -164,9 +166,7 @@ impl Error {
             }
             Error::ForeignCodeRan { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::OlderVersion => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            Error::NotInCall(_) | Error::NotInCensus(_) | Error::Nested => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
+            Error::NotInCall { .. } | Error::Nested => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Error::IsolationLevel => ERRCODE_ACTIVE_SQL_TRANSACTION,
             Error::Untranslatable { .. } => ERRCODE_UNTRANSLATABLE_CHARACTER,
             Error::NotUtf8(_) | Error::NulCharacter(_) => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,

@@ -7,78 +7,17 @@ use zeroize::Zeroizing;
 use pgrx::datum::Array;
 use pgrx::PgMemoryContexts;
 
+use crate::args;
 use crate::encoding::DbText;
 use crate::envelope::{Cipher, EnvelopeError, Rotation, Rotator, Sealed, Secret};
-use crate::error::{required, Error, OrReport};
+use crate::error::{Error, OrReport};
 use crate::hygiene;
 use crate::jsonb::RawJsonb;
-use crate::key::{Key, KeyError};
-
-/// A key as the application reads it: UTF-8 text. Taken as `DbText` and converted from the
-/// database encoding, since pgrx's `&str` would refuse (or, in arrays, not check) the bytes of
-/// a non-UTF-8 database. A key that does not convert is not base64 either.
-fn parse_key_text(text: &DbText) -> Result<Key, KeyError> {
-    let utf8 = text.to_utf8("a key").map_err(|_| KeyError::NotBase64)?;
-    let utf8 = Zeroizing::new(utf8.into_owned());
-    Key::parse(&utf8)
-}
-
-/// Parses a key argument, naming the argument (never its value) when it is refused.
-pub fn parse_key(arg: &'static str, text: Option<&DbText>) -> Result<Key, Error> {
-    let text = text.ok_or(Error::InvalidKey {
-        arg,
-        reason: KeyError::Null,
-    })?;
-    parse_key_text(text).map_err(|reason| Error::InvalidKey { arg, reason })
-}
-
-/// Parses an array of keys: at least one, none NULL, none twice (the same 32 bytes, however
-/// spelt). A refusal names the argument and the position, from 1, never a key.
-pub fn parse_key_list(
-    arg: &'static str,
-    texts: impl IntoIterator<Item = Option<DbText>>,
-) -> Result<Vec<Key>, Error> {
-    let mut keys: Vec<Key> = Vec::new();
-    for (i, text) in texts.into_iter().enumerate() {
-        let position = i + 1;
-        let at = |reason| Error::InvalidKeyAt {
-            arg,
-            position,
-            reason,
-        };
-        let key = parse_key_text(&text.ok_or(at(KeyError::Null))?).map_err(at)?;
-        if let Some(first) = keys.iter().position(|k| *k == key) {
-            return Err(Error::DuplicateKey {
-                arg,
-                first: first + 1,
-                second: position,
-            });
-        }
-        keys.push(key);
-    }
-    if keys.is_empty() {
-        return Err(Error::NoKeys(arg));
-    }
-    Ok(keys)
-}
-
-/// The keys of a rotation from several old keys: `old_keys` as [`parse_key_list`] checks them,
-/// and a `new_key` that is none of them.
-pub fn parse_rotation_keys(
-    old_keys: Option<impl IntoIterator<Item = Option<DbText>>>,
-    new_key: Option<&DbText>,
-) -> Result<(Vec<Key>, Key), Error> {
-    let old = parse_key_list("old_keys", required(old_keys, "old_keys")?)?;
-    let new = parse_key("new_key", new_key)?;
-    if let Some(i) = old.iter().position(|k| *k == new) {
-        return Err(Error::NewKeyAmongOld { position: i + 1 });
-    }
-    Ok((old, new))
-}
+use crate::key::Key;
 
 fn seal(plaintext: &[u8], key: Option<&DbText>) -> JsonB {
     hygiene::mark_statement();
-    let key = parse_key("key", key).or_report();
+    let key = args::key("key", key).or_report();
     let envelope = Cipher::new(&key).seal(plaintext).or_report();
     JsonB(envelope.into_value())
 }
@@ -111,7 +50,7 @@ fn credential_encrypt_text(plaintext: Option<DbText>, key: Option<DbText>) -> Op
 
 fn open(sealed: Option<Sealed>, key: Option<&DbText>) -> Option<DbText> {
     hygiene::mark_statement();
-    let key = parse_key("key", key).or_report();
+    let key = args::key("key", key).or_report();
     let plaintext = Cipher::new(&key).open_sealed(&sealed?).or_report();
     // open_sealed() has checked UTF-8 already.
     let text = std::str::from_utf8(&plaintext)
@@ -153,7 +92,7 @@ fn credential_decrypt_text(envelope: Option<DbText>, key: Option<DbText>) -> Opt
 #[pg_extern(volatile, parallel_safe)]
 fn _credential_check_keys(old_key: Option<DbText>, new_key: Option<DbText>) -> bool {
     hygiene::mark_statement();
-    crate::rotate::RotationKeys::one(old_key.as_ref(), new_key.as_ref()).or_report();
+    args::one_old(old_key.as_ref(), new_key.as_ref()).or_report();
     true
 }
 
@@ -168,7 +107,7 @@ fn credential_generate_key() -> String {
 #[pg_extern(immutable, parallel_safe)]
 fn credential_key_fingerprint(key: Option<DbText>) -> String {
     hygiene::mark_statement();
-    parse_key("key", key.as_ref()).or_report().fingerprint()
+    args::key("key", key.as_ref()).or_report().fingerprint()
 }
 
 /// The parsed keys of one call site, kept in `fn_extra` so that a statement like
@@ -238,11 +177,7 @@ fn call_site(
     hygiene::mark_statement();
     let old_texts = [old_key];
     let build = || {
-        let old = parse_key("old_key", old_texts[0].as_ref())?;
-        let new = parse_key("new_key", new_key)?;
-        if old == new {
-            return Err(Error::SameKey);
-        }
+        let (old, new) = args::one_old(old_texts[0].as_ref(), new_key)?;
         Ok(Rotator::new(&old, &new))
     };
     // SAFETY: fcinfo is the current call's; the cache outlives this call.
@@ -257,7 +192,7 @@ fn call_site_keys<'a>(
 ) -> &'static Rotator {
     hygiene::mark_statement();
     let build = || {
-        let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
+        let (old, new) = args::several_old(old_keys.map(|a| a.iter()), new_key)?;
         Ok(Rotator::with_old_keys(&old, &new))
     };
     let texts: Vec<Option<DbText>> = old_keys.into_iter().flat_map(|a| a.iter()).collect();

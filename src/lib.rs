@@ -27,107 +27,37 @@
 //! - [`hygiene`]: keeping keys out of the server log.
 
 use pgrx::prelude::*;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub use credential_rotate_core::{container, envelope, key, stored};
 
-pub mod audit;
-pub mod batched;
-pub mod call;
-pub mod encoding;
-pub mod error;
-pub mod functions;
-pub mod hygiene;
-pub mod jsonb;
-pub mod progress;
-pub mod reseal;
-pub mod rotate;
-pub mod statement;
-pub mod table_code;
-pub mod target;
-pub mod verify;
-pub mod written;
+mod args;
+mod audit;
+mod batched;
+mod call;
+mod catalog;
+mod encoding;
+mod error;
+mod functions;
+mod hygiene;
+mod jsonb;
+mod progress;
+mod reseal;
+mod rotate;
+mod settings;
+mod statement;
+mod table_code;
+mod target;
+mod verify;
+mod written;
 
 ::pgrx::pg_module_magic!(name, version);
-
-extension_sql_file!("../sql/audit.sql", name = "audit");
-extension_sql_file!(
-    "../sql/batched.sql",
-    name = "batched",
-    requires = [
-        functions::_credential_check_keys,
-        batched::_credential_batched_start,
-        batched::_credential_reencrypt_batch,
-    ]
-);
-// Every routine's description, after every routine.
-extension_sql_file!(
-    "../sql/descriptions.sql",
-    name = "descriptions",
-    requires = [
-        "audit",
-        "batched",
-        rotate::credential_reencrypt,
-        rotate::credential_reencrypt_keys,
-        verify::credential_verify,
-        verify::credential_verify_rows,
-        verify::credential_key_census,
-        audit::_credential_audit_append,
-        reseal::_credential_reencrypt_row,
-        reseal::_credential_reencrypt_row_jsonb,
-        reseal::_credential_reencrypt_take,
-        reseal::_credential_reencrypt_take_jsonb,
-        verify::_credential_status,
-        verify::_credential_status_jsonb,
-        verify::_credential_census_status,
-        verify::_credential_census_status_jsonb,
-        functions::credential_encrypt_jsonb,
-        functions::credential_encrypt_text,
-        functions::credential_decrypt_jsonb,
-        functions::credential_decrypt_text,
-        functions::credential_generate_key,
-        functions::credential_key_fingerprint,
-        functions::credential_reencrypt_value_jsonb,
-        functions::credential_reencrypt_value_text,
-        functions::credential_reencrypt_value_jsonb_keys,
-        functions::credential_reencrypt_value_text_keys,
-    ]
-);
-extension_sql_file!("../sql/finalize.sql", finalize);
-
-/// `credential_rotate.progress_rows`: a NOTICE every this many rows scanned; 0 silences it.
-pub static PROGRESS_ROWS: GucSetting<i32> = GucSetting::<i32>::new(100_000);
-
-/// `credential_rotate.trust_table_code`: run a rotation even when the table carries code of
-/// another role (triggers, rules, index expressions, constraints, generated columns) that could
-/// read the keys from the statement text. Superuser-only (or `GRANT SET ON PARAMETER`): a
-/// table's or database's owner must not be able to turn the check off for the DBA by
-/// `ALTER DATABASE … SET` or `ALTER ROLE … SET`.
-pub static TRUST_TABLE_CODE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     hygiene::install();
     table_code::install();
     call::register_callbacks();
-    GucRegistry::define_int_guc(
-        c"credential_rotate.progress_rows",
-        c"Rows between two progress NOTICEs of credential_reencrypt; 0 disables them.",
-        c"Each NOTICE gives the rows scanned, the table's estimated size and the rate.",
-        &PROGRESS_ROWS,
-        0,
-        i32::MAX,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_bool_guc(
-        c"credential_rotate.trust_table_code",
-        c"Lets credential_reencrypt run code of other roles attached to the table.",
-        c"Triggers, rules, index expressions, constraints and generated columns run inside the rotation and can read its statement text, keys included. Off: such code is refused.",
-        &TRUST_TABLE_CODE,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
+    settings::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -3,7 +3,10 @@
 
 use pgrx::prelude::*;
 
-use crate::call::ActiveCall;
+use std::time::Instant;
+
+use crate::call::Counts;
+use crate::target::Target;
 
 /// A NOTICE, built (under the borrow of the call state, for progress) and emitted after.
 pub struct Notice {
@@ -13,22 +16,22 @@ pub struct Notice {
 
 /// Rows and the estimated total in the message, the rate in the DETAIL (kept apart so that
 /// the message itself is stable enough for a test to match).
-pub fn progress_notice(call: &ActiveCall) -> Notice {
-    let scanned = call.counts.scanned;
-    let message = match call.target.estimated_rows {
+pub fn progress_notice(counts: Counts, target: &Target, started: Instant) -> Notice {
+    let scanned = counts.scanned;
+    let message = match target.estimated_rows {
         Some(total) => format!(
             "credential_reencrypt: {scanned} of about {total} rows of {} scanned",
-            call.target.relation
+            target.relation
         ),
         None => format!(
             "credential_reencrypt: {scanned} rows of {} scanned",
-            call.target.relation
+            target.relation
         ),
     };
-    let seconds = call.started.elapsed().as_secs_f64().max(1e-9);
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let detail = format!(
         "{} re-sealed so far, {:.0} rows/s",
-        call.counts.updated,
+        counts.updated,
         scanned as f64 / seconds
     );
     Notice { message, detail }

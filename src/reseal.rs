@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use pgrx::prelude::*;
 
-use crate::call::{self, Stashed, Work};
+use crate::call::{self, Stashed};
 use crate::encoding::DbText;
 use crate::envelope::{EnvelopeError, Rotation, Rotator};
 use crate::error::{Error, OrReport};
@@ -46,36 +46,33 @@ fn rotation_row(
     ctid: pg_sys::ItemPointerData,
     decide: impl FnOnce(&Rotator, bool) -> Result<Rotation<Option<Stashed>>, EnvelopeError>,
 ) -> bool {
-    let (rotator, reseal) = call::with_active(helper, |call| match &call.work {
-        Work::Rotate { rotator, dry_run } => Ok((Rc::clone(rotator), !*dry_run)),
-        Work::Verify { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
-    })
-    .or_report();
+    let (rotator, reseal) =
+        call::with_rotation(helper, |r, _, _| Ok((Rc::clone(&r.rotator), !r.dry_run))).or_report();
     let decided = decide(&rotator, reseal);
     drop(rotator);
-    let (update, progress) = call::with_active(helper, |call| {
-        call.counts.scanned += 1;
+    let (update, progress) = call::with_rotation(helper, |r, target, started| {
+        r.counts.scanned += 1;
         let update = match decided {
             Ok(Rotation::Empty) => {
-                call.counts.empty += 1;
+                r.counts.empty += 1;
                 Ok(false)
             }
             Ok(Rotation::AlreadyCurrent) => {
-                call.counts.already_current += 1;
+                r.counts.already_current += 1;
                 Ok(false)
             }
             Ok(Rotation::Resealed { value: stashed, by }) => {
-                call.counts.updated += 1;
-                if let Some(opened) = call.opened_by.get_mut(by) {
+                r.counts.updated += 1;
+                if let Some(opened) = r.opened_by.get_mut(by) {
                     *opened += 1;
                 }
-                call.stash = stashed.map(|value| (ctid, value));
+                r.stash = stashed.map(|value| (ctid, value));
                 Ok(true)
             }
-            Err(reason) => Err((reason, Rc::clone(&call.target))),
+            Err(reason) => Err((reason, Rc::clone(target))),
         };
-        let progress = (call.progress_every > 0 && call.counts.scanned % call.progress_every == 0)
-            .then(|| progress::progress_notice(call));
+        let progress = (r.progress_every > 0 && r.counts.scanned % r.progress_every == 0)
+            .then(|| progress::progress_notice(r.counts, target, started));
         Ok((update, progress))
     })
     .or_report();
@@ -146,7 +143,7 @@ fn _credential_reencrypt_row_jsonb(
 /// target list for one tuple before it reads the next; anything else would pair a row with
 /// another row's secret, so a mismatch is refused.
 fn take_stashed(helper: &'static str, ctid: pg_sys::ItemPointerData) -> Result<Stashed, Error> {
-    call::with_active(helper, |call| match call.stash.take() {
+    call::with_rotation(helper, |r, _, _| match r.stash.take() {
         Some((stashed, value)) if same_tid(stashed, ctid) => Ok(value),
         _ => Err(Error::Internal(
             "re-sealed envelope does not belong to the row being updated".into(),

@@ -10,11 +10,11 @@ use pgrx::datum::Array;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::call::{self, Counts, Work};
+use crate::args;
+use crate::call::{self, Counts, Rotating, Work};
 use crate::encoding::{self, DbText};
 use crate::envelope::{Cipher, Rotator};
 use crate::error::{required, Error, OrReport};
-use crate::functions::{parse_key, parse_rotation_keys};
 use crate::key::Key;
 use crate::statement::Tid;
 use crate::target::{self, Confined, Lock, Target};
@@ -101,11 +101,7 @@ pub struct RotationKeys {
 
 impl RotationKeys {
     pub fn one(old_key: Option<&DbText>, new_key: Option<&DbText>) -> Result<Self, Error> {
-        let old = parse_key("old_key", old_key)?;
-        let new = parse_key("new_key", new_key)?;
-        if old == new {
-            return Err(Error::SameKey);
-        }
+        let (old, new) = args::one_old(old_key, new_key)?;
         Ok(RotationKeys::of(
             Rotator::new(&old, &new),
             std::slice::from_ref(&old),
@@ -117,7 +113,7 @@ impl RotationKeys {
         old_keys: Option<&Array<'_, DbText>>,
         new_key: Option<&DbText>,
     ) -> Result<Self, Error> {
-        let (old, new) = parse_rotation_keys(old_keys.map(|a| a.iter()), new_key)?;
+        let (old, new) = args::several_old(old_keys.map(|a| a.iter()), new_key)?;
         Ok(RotationKeys::of(
             Rotator::with_old_keys(&old, &new),
             &old,
@@ -237,7 +233,7 @@ fn plan(
         }
         let code = table_code::inspect(client, target.oid, &written)?;
         match code.refused {
-            Some(code) if !crate::TRUST_TABLE_CODE.get() => {
+            Some(code) if !crate::settings::trust_table_code() => {
                 return Err(Error::ForeignTableCode {
                     table: target.relation.clone(),
                     code,
@@ -279,10 +275,7 @@ fn execute(
     keys: RotationKeys,
     dry_run: bool,
 ) -> Result<Rotated, Error> {
-    let work = Work::Rotate {
-        rotator: keys.rotator,
-        dry_run,
-    };
+    let work = Work::Rotate(Rotating::new(keys.rotator, dry_run));
     let guard = call::install(work, Rc::clone(&plan.target))?;
     if dry_run {
         client.select(&plan.statement, Some(1), &[])?;
@@ -290,14 +283,12 @@ fn execute(
         let updated = written::execute(&plan.statement)?;
         written::confirm_all(updated)?;
     }
-    let counts = guard.counts();
-    let opened_by: Vec<(String, i64)> = keys
-        .old_fingerprints
-        .iter()
-        .cloned()
-        .zip(guard.opened_by())
-        .collect();
+    let (counts, opened) = guard.read(|work| match work {
+        Work::Rotate(r) => Ok((r.counts, r.opened_by.clone())),
+        Work::Verify(_) | Work::Census(_) => Err(Error::Internal("not a rotation".into())),
+    })??;
     drop(guard);
+    let opened_by: Vec<(String, i64)> = keys.old_fingerprints.iter().cloned().zip(opened).collect();
     let rotated = Rotated {
         counts,
         opened_by,
@@ -330,14 +321,7 @@ fn check_rotated(
     target: &Rc<Target>,
     new: Rc<Cipher>,
 ) -> Result<(), Error> {
-    let guard = call::install(Work::Verify { cipher: new }, Rc::clone(target))?;
-    client.select(
-        &encoding::sql(&target.verify_counts_statement())?,
-        Some(1),
-        &[],
-    )?;
-    let c = guard.counts();
-    drop(guard);
+    let c = crate::verify::statuses(client, target, new)?;
     if c.not_readable + c.malformed > 0 {
         return Err(Error::NotRotated {
             table: target.relation.clone(),

@@ -46,7 +46,7 @@ pub struct Guard {
 impl Guard {
     pub fn enter() -> Result<Guard, Error> {
         let previous = ACTIVE.with(Cell::get);
-        if crate::TRUST_TABLE_CODE.get() {
+        if crate::settings::trust_table_code() {
             return Ok(Guard { previous });
         }
         // SAFETY: plain catalog lookups in a valid transaction; get_extension_oid with

@@ -49,8 +49,6 @@ pub struct Target {
     /// `"schema"."table"`, always schema-qualified so that the statements we build cannot be
     /// redirected by a search_path after resolution.
     pub relation: String,
-    /// Whether the table is partitioned (its rows can move between partitions).
-    pub partitioned: bool,
     /// Quoted column name, and as stored in the catalog.
     pub column: String,
     pub column_name: String,
@@ -271,7 +269,6 @@ impl Target {
             Target {
                 oid,
                 relation,
-                partitioned: relkind == b'p',
                 column: quoted,
                 column_name,
                 column_type,

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use pgrx::datum::Array;
 use pgrx::prelude::*;
 
-use crate::call::{self, Work};
+use crate::args;
+use crate::call::{self, Counting, Statuses, Verifying, Work};
 use crate::encoding::{self, DbText, GetText};
 use crate::envelope::{Cipher, EnvelopeError, KeyRing, Sealed, Secret, Status};
 use crate::error::{required, Error, OrReport};
-use crate::functions::{parse_key, parse_key_list};
 use crate::hygiene;
 use crate::jsonb::RawJsonb;
 use crate::key::Key;
@@ -37,16 +37,13 @@ fn credential_verify(
         name!(malformed, i64),
     ),
 > {
-    let counts = with_verify_call(key, target_table, secret_column, |client, target, guard| {
-        client.select(
-            &encoding::sql(&target.verify_counts_statement())?,
-            Some(1),
-            &[],
-        )?;
-        let c = guard.counts();
-        Ok((c.readable, c.not_readable, c.empty, c.malformed))
-    });
-    TableIterator::once(counts)
+    let c = verification(
+        key,
+        target_table,
+        secret_column,
+        |client, target, cipher| statuses(client, &target, cipher),
+    );
+    TableIterator::once((c.readable, c.not_readable, c.empty, c.malformed))
 }
 
 /// Lists the rows whose secret does not open with `key`: primary key and reason, never secret
@@ -57,16 +54,27 @@ fn credential_verify_rows(
     target_table: default!(Option<DbText>, "'credential_profiles'"),
     secret_column: default!(Option<DbText>, "'secret'"),
 ) -> TableIterator<'static, (name!(primary_key, DbText), name!(reason, DbText))> {
-    let rows = with_verify_call(key, target_table, secret_column, |client, target, _| {
-        let table = client.select(&encoding::sql(&target.verify_rows_statement())?, None, &[])?;
-        let mut rows = Vec::new();
-        for row in table {
-            let pk = row.get_text(1)?.unwrap_or_default();
-            let reason = row.get_text(2)?.unwrap_or_default();
-            rows.push((format!("{}=({pk})", target.pk_columns), reason));
-        }
-        Ok(rows)
-    });
+    let rows = verification(
+        key,
+        target_table,
+        secret_column,
+        |client, target, cipher| {
+            let work = Work::Verify(Verifying {
+                cipher,
+                statuses: Statuses::default(),
+            });
+            let _guard = call::install(work, Rc::clone(&target))?;
+            let table =
+                client.select(&encoding::sql(&target.verify_rows_statement())?, None, &[])?;
+            let mut rows = Vec::new();
+            for row in table {
+                let pk = row.get_text(1)?.unwrap_or_default();
+                let reason = row.get_text(2)?.unwrap_or_default();
+                rows.push((format!("{}=({pk})", target.pk_columns), reason));
+            }
+            Ok(rows)
+        },
+    );
     // Each row's text is made when the row is returned: the SPI memory it was read in is gone,
     // and a value made now would not outlive this first call of the set-returning function.
     TableIterator::new(rows.into_iter().map(|(pk, reason)| {
@@ -77,26 +85,48 @@ fn credential_verify_rows(
     }))
 }
 
-fn with_verify_call<R>(
+/// The steps every verification starts with: the key parsed (and wiped once its cipher is
+/// built), the table resolved and the call confined ([`crate::target::Confined`]) for `body`.
+fn verification<R>(
     key: Option<DbText>,
     target_table: Option<DbText>,
     secret_column: Option<DbText>,
-    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, &Target, &call::CallGuard) -> Result<R, Error>,
+    body: impl FnOnce(&mut pgrx::spi::SpiClient<'_>, Rc<Target>, Rc<Cipher>) -> Result<R, Error>,
 ) -> R {
     hygiene::mark_statement();
     (|| {
-        let key = parse_key("key", key.as_ref())?;
+        let key = args::key("key", key.as_ref())?;
         let (table, column) = target::names(target_table, secret_column)?;
         let cipher = Rc::new(Cipher::new(&key));
         drop(key);
-        Spi::connect_mut(|client| -> Result<R, Error> {
+        Spi::connect_mut(|client| {
             let (target, _confined) = Target::resolve(client, &table, &column, Lock::AccessShare)?;
-            let target = Rc::new(target);
-            let guard = call::install(Work::Verify { cipher }, Rc::clone(&target))?;
-            body(client, &target, &guard)
+            body(client, Rc::new(target), cipher)
         })
     })()
     .or_report()
+}
+
+/// How the rows of `target` fare against `cipher`: one scan, counted by the per-row helper.
+pub fn statuses(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    target: &Rc<Target>,
+    cipher: Rc<Cipher>,
+) -> Result<Statuses, Error> {
+    let work = Work::Verify(Verifying {
+        cipher,
+        statuses: Statuses::default(),
+    });
+    let guard = call::install(work, Rc::clone(target))?;
+    client.select(
+        &encoding::sql(&target.verify_counts_statement())?,
+        Some(1),
+        &[],
+    )?;
+    guard.read(|work| match work {
+        Work::Verify(v) => Ok(v.statuses),
+        Work::Rotate(_) | Work::Census(_) => Err(Error::Internal("not a verification".into())),
+    })?
 }
 
 /// A stored secret read as text: `None` for SQL NULL or `{}`.
@@ -123,16 +153,11 @@ fn with_verify_cipher(
     helper: &'static str,
     status: impl FnOnce(&Cipher) -> Status,
 ) -> Option<String> {
-    let cipher = call::with_active(helper, |call| match &call.work {
-        Work::Verify { cipher } => Ok(Rc::clone(cipher)),
-        Work::Rotate { .. } | Work::Census { .. } => Err(Error::NotInCall(helper)),
-    })
-    .or_report();
+    let cipher = call::with_verification(helper, |v| Ok(Rc::clone(&v.cipher))).or_report();
     let status = status(&cipher);
     drop(cipher);
-    call::with_active(helper, |call| {
-        let c = &mut call.counts;
-        c.scanned += 1;
+    call::with_verification(helper, |v| {
+        let c = &mut v.statuses;
         Ok(match status {
             Status::Empty => {
                 c.empty += 1;
@@ -190,7 +215,7 @@ fn credential_key_census<'a>(
 > {
     hygiene::mark_statement();
     let rows = (|| {
-        let keys = parse_key_list("keys", required(keys, "keys")?.iter())?;
+        let keys = args::key_list("keys", required(keys, "keys")?.iter())?;
         let (table, column) = target::names(target_table, secret_column)?;
         let fingerprints: Vec<String> = keys.iter().map(Key::fingerprint).collect();
         let ring = Rc::new(KeyRing::new(&keys));
@@ -198,10 +223,17 @@ fn credential_key_census<'a>(
         Spi::connect_mut(|client| -> Result<_, Error> {
             let (target, _confined) = Target::resolve(client, &table, &column, Lock::AccessShare)?;
             let target = Rc::new(target);
-            let guard = call::install(Work::Census { keys: ring }, Rc::clone(&target))?;
+            let work = Work::Census(Counting {
+                opened_by: vec![0; ring.len()],
+                keys: ring,
+                statuses: Statuses::default(),
+            });
+            let guard = call::install(work, Rc::clone(&target))?;
             client.select(&encoding::sql(&target.census_statement())?, Some(1), &[])?;
-            let counts = guard.counts();
-            let opened_by = guard.opened_by();
+            let (counts, opened_by) = guard.read(|work| match work {
+                Work::Census(c) => Ok((c.statuses, c.opened_by.clone())),
+                Work::Rotate(_) | Work::Verify(_) => Err(Error::Internal("not a census".into())),
+            })??;
             drop(guard);
             let mut rows: Vec<(Option<String>, String, i64)> = fingerprints
                 .into_iter()
@@ -226,42 +258,31 @@ fn credential_key_census<'a>(
 /// state live while `status` runs (reading the value may call Postgres). Returns the key's
 /// position in `keys`, from 1; 0 when none opens it, or it is empty or malformed.
 fn census_row(helper: &'static str, status: impl FnOnce(&KeyRing) -> Status) -> i32 {
-    let not_in_census = |e| match e {
-        Error::NotInCall(_) => Error::NotInCensus(helper),
-        other => other,
-    };
-    let keys = call::with_active(helper, |call| match &call.work {
-        Work::Census { keys } => Ok(Rc::clone(keys)),
-        Work::Rotate { .. } | Work::Verify { .. } => Err(Error::NotInCensus(helper)),
-    })
-    .map_err(not_in_census)
-    .or_report();
+    let keys = call::with_census(helper, |c| Ok(Rc::clone(&c.keys))).or_report();
     let status = status(&keys);
     drop(keys);
-    call::with_active(helper, |call| {
-        call.counts.scanned += 1;
+    call::with_census(helper, |c| {
         Ok(match status {
             Status::Empty => {
-                call.counts.empty += 1;
+                c.statuses.empty += 1;
                 0
             }
             Status::Readable { by } => {
-                if let Some(opened) = call.opened_by.get_mut(by) {
+                if let Some(opened) = c.opened_by.get_mut(by) {
                     *opened += 1;
                 }
                 i32::try_from(by + 1).unwrap_or(i32::MAX)
             }
             Status::NotReadable => {
-                call.counts.not_readable += 1;
+                c.statuses.not_readable += 1;
                 0
             }
             Status::Malformed(_) => {
-                call.counts.malformed += 1;
+                c.statuses.malformed += 1;
                 0
             }
         })
     })
-    .map_err(not_in_census)
     .or_report()
 }
 

@@ -18,15 +18,15 @@ use crate::error::{Error, OrReport};
 /// What the target list just wrote: `value`'s payload, kept until the RETURNING row of the
 /// same tuple compares it. A value still pending belongs to a row a trigger skipped.
 pub fn record(helper: &'static str, value: &[u8]) -> Result<(), Error> {
-    call::with_active(helper, |call| {
-        if call.written_pending {
+    call::with_rotation(helper, |r, target, _| {
+        if r.written_pending {
             return Err(Error::RowsSkipped {
-                table: call.target.relation.clone(),
+                table: target.relation.clone(),
             });
         }
-        call.written.clear();
-        call.written.extend_from_slice(value);
-        call.written_pending = true;
+        r.written.clear();
+        r.written.extend_from_slice(value);
+        r.written_pending = true;
         Ok(())
     })
 }
@@ -76,13 +76,13 @@ unsafe extern "C-unwind" fn receive_slot(
             *ctid.cast_mut_ptr::<pg_sys::ItemPointerData>(),
         )
     };
-    let checked = call::with_active("credential_reencrypt", |call| {
-        let same = call.written_pending && stored == Some(call.written.as_slice());
-        call.written_pending = false;
+    let checked = call::with_rotation("the rotation's RETURNING check", |r, target, _| {
+        let same = r.written_pending && stored == Some(r.written.as_slice());
+        r.written_pending = false;
         if same {
-            call.confirmed += 1;
+            r.confirmed += 1;
         }
-        Ok((same, std::rc::Rc::clone(&call.target)))
+        Ok((same, std::rc::Rc::clone(target)))
     })
     .or_report();
     match checked {
@@ -136,10 +136,10 @@ pub fn execute(statement: &std::ffi::CStr) -> Result<i64, Error> {
 
 /// After the statement: every row written was confirmed as stored (`updated` of them).
 pub fn confirm_all(updated: i64) -> Result<(), Error> {
-    call::with_active("credential_reencrypt", |call| {
-        if call.written_pending || call.confirmed != updated {
+    call::with_rotation("the rotation's RETURNING check", |r, target, _| {
+        if r.written_pending || r.confirmed != updated {
             Err(Error::RowsSkipped {
-                table: call.target.relation.clone(),
+                table: target.relation.clone(),
             })
         } else {
             Ok(())
