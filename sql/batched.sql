@@ -14,7 +14,7 @@
 -- search_path with a SET clause, and target_table must resolve with the caller's.
 --
 -- CREATE OR REPLACE: the upgrade script includes this file as it is.
-CREATE OR REPLACE PROCEDURE @extschema@._credential_reencrypt_batched(
+CREATE OR REPLACE PROCEDURE credential_rotate._credential_reencrypt_batched(
     old_keys text[],
     new_key text,
     batch_rows integer,
@@ -31,9 +31,9 @@ BEGIN
     -- Before any row is read: the keys (22023), batch_rows, EXECUTE on a form of
     -- credential_reencrypt_batched (42501), autocommit (25001); marks the statement, whose
     -- text may hold the keys, as one the server log must not show.
-    state := @extschema@._credential_batched_start(old_keys, new_key, batch_rows);
+    state := credential_rotate._credential_batched_start(old_keys, new_key, batch_rows);
     LOOP
-        SELECT * INTO r FROM @extschema@._credential_reencrypt_batch(
+        SELECT * INTO r FROM credential_rotate._credential_reencrypt_batch(
             old_keys, new_key, target_table, secret_column, batch_rows, resume, state);
         COMMIT;
         -- A NULL resume asked for the final pass, which has just committed.
@@ -55,8 +55,8 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     -- The one-key form's own check first, so that its errors name old_key and new_key.
-    PERFORM @extschema@._credential_check_keys(old_key, new_key);
-    CALL @extschema@._credential_reencrypt_batched(
+    PERFORM credential_rotate._credential_check_keys(old_key, new_key);
+    CALL credential_rotate._credential_reencrypt_batched(
         ARRAY[old_key], new_key, batch_rows, target_table, secret_column);
 END
 $$;
@@ -73,7 +73,7 @@ CREATE OR REPLACE PROCEDURE @extschema@.credential_reencrypt_batched(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    CALL @extschema@._credential_reencrypt_batched(
+    CALL credential_rotate._credential_reencrypt_batched(
         old_keys, new_key, batch_rows, target_table, secret_column);
 END
 $$;

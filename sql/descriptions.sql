@@ -36,29 +36,32 @@ COMMENT ON FUNCTION @extschema@.credential_generate_key() IS
 COMMENT ON FUNCTION @extschema@.credential_key_fingerprint(text) IS
     'A short, stable identifier of a key that reveals nothing about it, as the audit table records it';
 
-COMMENT ON FUNCTION @extschema@._credential_audit_append() IS
+COMMENT ON FUNCTION credential_rotate._credential_audit_append() IS
     'Internal to credential_reencrypt: appends the audit row of the rotation that just finished in this backend';
-COMMENT ON FUNCTION @extschema@._credential_check_keys(text, text) IS
+COMMENT ON FUNCTION credential_rotate._credential_check_keys(text, text) IS
     'Internal to credential_reencrypt_batched: checks both keys before the first batch';
-COMMENT ON FUNCTION @extschema@._credential_batched_start(text[], text, integer) IS
+COMMENT ON FUNCTION credential_rotate._credential_batched_start(text[], text, integer) IS
     'Internal to credential_reencrypt_batched: checks the keys, the batch size, the privilege and autocommit before any row is read';
-COMMENT ON PROCEDURE @extschema@._credential_reencrypt_batched(text[], text, integer, text, text) IS
+COMMENT ON PROCEDURE credential_rotate._credential_reencrypt_batched(text[], text, integer, text, text) IS
     'Internal to credential_reencrypt_batched: the loop over its batches, then the final pass';
-COMMENT ON FUNCTION @extschema@._credential_reencrypt_batch(text[], text, text, text, integer, tid, bigint[]) IS
+COMMENT ON FUNCTION credential_rotate._credential_reencrypt_batch(text[], text, text, text, integer, tid, bigint[]) IS
     'Internal to credential_reencrypt_batched: one batch, the next batch_rows rows from a tid, or the final pass';
-COMMENT ON FUNCTION @extschema@._credential_reencrypt_row(oid, tid, text) IS
+COMMENT ON FUNCTION credential_rotate._credential_reencrypt_row(oid, tid, text) IS
     'Internal to credential_reencrypt: the per-row qual of a json or text column';
-COMMENT ON FUNCTION @extschema@._credential_reencrypt_row_jsonb(oid, tid, jsonb) IS
+COMMENT ON FUNCTION credential_rotate._credential_reencrypt_row_jsonb(oid, tid, jsonb) IS
     'Internal to credential_reencrypt: the per-row qual of a jsonb column';
-COMMENT ON FUNCTION @extschema@._credential_reencrypt_take(tid) IS
+COMMENT ON FUNCTION credential_rotate._credential_reencrypt_take(tid) IS
     'Internal to credential_reencrypt: the re-sealed value of a json or text row';
-COMMENT ON FUNCTION @extschema@._credential_reencrypt_take_jsonb(tid, jsonb) IS
+COMMENT ON FUNCTION credential_rotate._credential_reencrypt_take_jsonb(tid, jsonb) IS
     'Internal to credential_reencrypt: the re-sealed value of a jsonb row';
-COMMENT ON FUNCTION @extschema@._credential_status(text) IS
+COMMENT ON FUNCTION credential_rotate._credential_status(text) IS
     'Internal to credential_verify: the status of one json or text secret';
-COMMENT ON FUNCTION @extschema@._credential_status_jsonb(jsonb) IS
+COMMENT ON FUNCTION credential_rotate._credential_status_jsonb(jsonb) IS
     'Internal to credential_verify: the status of one jsonb secret';
-COMMENT ON FUNCTION @extschema@._credential_census_status(text) IS
+COMMENT ON FUNCTION credential_rotate._credential_census_status(text) IS
     'Internal to credential_key_census: the position of the key that opens one json or text secret';
-COMMENT ON FUNCTION @extschema@._credential_census_status_jsonb(jsonb) IS
+COMMENT ON FUNCTION credential_rotate._credential_census_status_jsonb(jsonb) IS
     'Internal to credential_key_census: the position of the key that opens one jsonb secret';
+
+COMMENT ON SCHEMA credential_rotate IS
+    'Internals of the extension credential_rotate, called by their full name by the extension itself';

@@ -28,18 +28,21 @@ $$;
 -- - _credential_batched_start, _credential_reencrypt_batch and the procedure
 --   _credential_reencrypt_batched (which runs only those) refuse unless the caller may execute
 --   a form of credential_reencrypt_batched.
+GRANT USAGE ON SCHEMA credential_rotate TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    _credential_reencrypt_row(oid, tid, text),
-    _credential_reencrypt_row_jsonb(oid, tid, jsonb),
-    _credential_reencrypt_take(tid),
-    _credential_reencrypt_take_jsonb(tid, jsonb),
-    _credential_status(text),
-    _credential_status_jsonb(jsonb),
-    _credential_census_status(text),
-    _credential_census_status_jsonb(jsonb),
-    _credential_audit_append(),
-    _credential_check_keys(text, text),
-    _credential_batched_start(text[], text, integer),
-    _credential_reencrypt_batch(text[], text, text, text, integer, tid, bigint[])
+    credential_rotate._credential_reencrypt_row(oid, tid, text),
+    credential_rotate._credential_reencrypt_row_jsonb(oid, tid, jsonb),
+    credential_rotate._credential_reencrypt_take(tid),
+    credential_rotate._credential_reencrypt_take_jsonb(tid, jsonb),
+    credential_rotate._credential_status(text),
+    credential_rotate._credential_status_jsonb(jsonb),
+    credential_rotate._credential_census_status(text),
+    credential_rotate._credential_census_status_jsonb(jsonb),
+    credential_rotate._credential_audit_append(),
+    credential_rotate._credential_check_keys(text, text),
+    credential_rotate._credential_batched_start(text[], text, integer),
+    credential_rotate._credential_reencrypt_batch(text[], text, text, text, integer, tid, bigint[])
   TO PUBLIC;
-GRANT EXECUTE ON PROCEDURE _credential_reencrypt_batched(text[], text, integer, text, text) TO PUBLIC;
+GRANT EXECUTE ON PROCEDURE
+    credential_rotate._credential_reencrypt_batched(text[], text, integer, text, text)
+  TO PUBLIC;

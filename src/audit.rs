@@ -115,7 +115,7 @@ pub fn append(
     client.update(
         &encoding::sql(&format!(
             "SELECT {}._credential_audit_append()",
-            target.ext_schema
+            target.helper_schema
         ))?,
         None,
         &[],
@@ -127,7 +127,12 @@ pub fn append(
 /// do anything else. Runs as the extension's owner so that rotation roles need no privilege on
 /// the audit table. Executable by PUBLIC: without a rotation of the same backend waiting for
 /// it, in the same (sub)transaction, it only raises.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_definer,
+    schema = "credential_rotate"
+)]
 #[search_path(pg_catalog, pg_temp)]
 fn _credential_audit_append() -> bool {
     let record = take_pending()

@@ -132,7 +132,12 @@ fn may_execute_batched() -> Result<(), Error> {
 /// size, the privilege, and a context that lets it commit (a `CALL` in autocommit, not inside
 /// `BEGIN` or a function); then the NOTICE saying how batches are sized. Returns the
 /// procedure's initial state.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_batched_start<'a>(
     old_keys: Option<Array<'a, DbText>>,
     new_key: Option<DbText>,
@@ -172,7 +177,12 @@ fn _credential_batched_start<'a>(
 /// `credential_reencrypt_batched`: a rotation role is granted the procedure it uses, not the
 /// procedure's internals.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_reencrypt_batch<'a>(
     old_keys: Option<Array<'a, DbText>>,
     new_key: Option<DbText>,

@@ -1,10 +1,21 @@
-//! The hand-written SQL of `sql/` the install script includes, in order: the audit table, the
-//! batched procedures, every routine's description, then the privileges. The upgrade scripts
-//! include the same files (scripts/assemble-sql.sh), so each routine has one source.
+//! The hand-written SQL of `sql/` the install script includes, in order: the audit table, the batched procedures, every routine's description, then the privileges.
+//! The upgrade scripts include the same files (scripts/assemble-sql.sh), so each routine has
+//! one source.
 
 use pgrx::prelude::*;
 
 // `requires` names the routines by path, as strings: pgrx orders the install script by them.
+
+/// The schema of the extension's internals: the per-row helpers, the batched procedure's loop
+/// and batches, the audit append. Users call the entry points, which stay in the schema the
+/// extension is created in (public by default) with the audit table; the internals are out of
+/// their way here, never on a search_path, always called by their full name. PUBLIC has USAGE
+/// on it (sql/finalize.sql): a rotation role's statements reach the helpers, each of which
+/// refuses to act outside the call it serves. A schema of that name that the extension does
+/// not own makes CREATE EXTENSION fail.
+#[pg_schema]
+mod credential_rotate {}
+
 extension_sql_file!("../sql/audit.sql", name = "audit");
 extension_sql_file!(
     "../sql/batched.sql",

@@ -89,7 +89,7 @@ fn credential_decrypt_text(envelope: Option<DbText>, key: Option<DbText>) -> Opt
 /// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
 /// as one whose text holds keys. For callers written in SQL, before they do anything else.
 /// VOLATILE: marking the statement is a side effect the planner must not fold away or skip.
-#[pg_extern(volatile, parallel_safe)]
+#[pg_extern(volatile, parallel_safe, schema = "credential_rotate")]
 fn _credential_check_keys(old_key: Option<DbText>, new_key: Option<DbText>) -> bool {
     hygiene::mark_statement();
     args::one_old(old_key.as_ref(), new_key.as_ref()).or_report();

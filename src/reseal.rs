@@ -86,7 +86,12 @@ fn rotation_row(
 }
 
 /// The qual of a rotation: true when the row was opened with the old key and re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_reencrypt_row(
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
@@ -114,7 +119,12 @@ fn _credential_reencrypt_row(
 
 /// The qual of a rotation of a jsonb column: as `_credential_reencrypt_row`, reading the
 /// envelope's fields straight from the binary jsonb.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_reencrypt_row_jsonb(
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
@@ -153,7 +163,12 @@ fn take_stashed(helper: &'static str, ctid: pg_sys::ItemPointerData) -> Result<S
 
 /// The target list of a jsonb rotation: the stored envelope with the three fields
 /// `_credential_reencrypt_row_jsonb` just re-sealed for this row, every other field kept.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJsonb) -> RawJsonb {
     let parts = match take_stashed("_credential_reencrypt_take_jsonb", ctid) {
         Ok(Stashed::Parts(parts)) => parts,
@@ -173,7 +188,12 @@ fn _credential_reencrypt_take_jsonb(ctid: pg_sys::ItemPointerData, secret: RawJs
 }
 
 /// The target list of a rotation: the envelope `_credential_reencrypt_row` just re-sealed.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_reencrypt_take(ctid: pg_sys::ItemPointerData) -> DbText {
     match take_stashed("_credential_reencrypt_take", ctid) {
         // Back in the database encoding, which every character of it came from.

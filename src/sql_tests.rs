@@ -681,16 +681,20 @@ mod tests {
     #[pg_test]
     fn helpers_refuse_to_work_outside_a_call() {
         expect_error(
-            "SELECT _credential_reencrypt_row(0, '(0,1)', '{}')",
+            "SELECT credential_rotate._credential_reencrypt_row(0, '(0,1)', '{}')",
             "55000",
             "only called by",
         );
         expect_error(
-            "SELECT _credential_reencrypt_take('(0,1)')",
+            "SELECT credential_rotate._credential_reencrypt_take('(0,1)')",
             "55000",
             "only called by",
         );
-        expect_error("SELECT _credential_status('{}')", "55000", "only called by");
+        expect_error(
+            "SELECT credential_rotate._credential_status('{}')",
+            "55000",
+            "only called by",
+        );
     }
 
     #[pg_test]
@@ -736,19 +740,19 @@ mod tests {
 
     /// The helpers PUBLIC may execute; everything else needs a grant.
     const PUBLIC_HELPERS: [&str; 13] = [
-        "_credential_audit_append()",
-        "_credential_batched_start(text[],text,integer)",
-        "_credential_census_status(text)",
-        "_credential_census_status_jsonb(jsonb)",
-        "_credential_check_keys(text,text)",
-        "_credential_reencrypt_batch(text[],text,text,text,integer,tid,bigint[])",
-        "_credential_reencrypt_batched(text[],text,integer,text,text)",
-        "_credential_reencrypt_row(oid,tid,text)",
-        "_credential_reencrypt_row_jsonb(oid,tid,jsonb)",
-        "_credential_reencrypt_take(tid)",
-        "_credential_reencrypt_take_jsonb(tid,jsonb)",
-        "_credential_status(text)",
-        "_credential_status_jsonb(jsonb)",
+        "credential_rotate._credential_audit_append()",
+        "credential_rotate._credential_batched_start(text[],text,integer)",
+        "credential_rotate._credential_census_status(text)",
+        "credential_rotate._credential_census_status_jsonb(jsonb)",
+        "credential_rotate._credential_check_keys(text,text)",
+        "credential_rotate._credential_reencrypt_batch(text[],text,text,text,integer,tid,bigint[])",
+        "credential_rotate._credential_reencrypt_batched(text[],text,integer,text,text)",
+        "credential_rotate._credential_reencrypt_row(oid,tid,text)",
+        "credential_rotate._credential_reencrypt_row_jsonb(oid,tid,jsonb)",
+        "credential_rotate._credential_reencrypt_take(tid)",
+        "credential_rotate._credential_reencrypt_take_jsonb(tid,jsonb)",
+        "credential_rotate._credential_status(text)",
+        "credential_rotate._credential_status_jsonb(jsonb)",
     ];
 
     #[pg_test]
@@ -773,15 +777,15 @@ mod tests {
         let before = snapshot("rot_pub");
         run("SET ROLE nobody_special");
         for call in [
-            "SELECT _credential_reencrypt_row('rot_pub'::regclass, '(0,1)', '{}')",
-            "SELECT _credential_reencrypt_row_jsonb('rot_pub'::regclass, '(0,1)', '{}')",
-            "SELECT _credential_reencrypt_take('(0,1)')",
-            "SELECT _credential_reencrypt_take_jsonb('(0,1)', '{}')",
-            "SELECT _credential_status('{}')",
-            "SELECT _credential_status_jsonb('{}')",
-            "SELECT _credential_census_status('{}')",
-            "SELECT _credential_census_status_jsonb('{}')",
-            "SELECT _credential_audit_append()",
+            "SELECT credential_rotate._credential_reencrypt_row('rot_pub'::regclass, '(0,1)', '{}')",
+            "SELECT credential_rotate._credential_reencrypt_row_jsonb('rot_pub'::regclass, '(0,1)', '{}')",
+            "SELECT credential_rotate._credential_reencrypt_take('(0,1)')",
+            "SELECT credential_rotate._credential_reencrypt_take_jsonb('(0,1)', '{}')",
+            "SELECT credential_rotate._credential_status('{}')",
+            "SELECT credential_rotate._credential_status_jsonb('{}')",
+            "SELECT credential_rotate._credential_census_status('{}')",
+            "SELECT credential_rotate._credential_census_status_jsonb('{}')",
+            "SELECT credential_rotate._credential_audit_append()",
         ] {
             expect_error(call, "55000", "only called by");
         }
@@ -789,12 +793,12 @@ mod tests {
         for call in [
             batch_call(KEY_A, KEY_B, "rot_pub", "NULL"),
             format!(
-                "SELECT _credential_batched_start(ARRAY[{}], {}, 10)",
+                "SELECT credential_rotate._credential_batched_start(ARRAY[{}], {}, 10)",
                 quote(KEY_A),
                 quote(KEY_B)
             ),
             format!(
-                "CALL _credential_reencrypt_batched(ARRAY[{}], {}, 10, 'rot_pub', 'secret')",
+                "CALL credential_rotate._credential_reencrypt_batched(ARRAY[{}], {}, 10, 'rot_pub', 'secret')",
                 quote(KEY_A),
                 quote(KEY_B)
             ),
@@ -839,7 +843,7 @@ mod tests {
         run("SET ROLE nobody_special");
         expect_error(
             &format!(
-                "SELECT * FROM _credential_reencrypt_batch(ARRAY[{}], {}, 'rot_pub', 'secret', 10, NULL, '{{1,2}}')",
+                "SELECT * FROM credential_rotate._credential_reencrypt_batch(ARRAY[{}], {}, 'rot_pub', 'secret', 10, NULL, '{{1,2}}')",
                 quote(KEY_A),
                 quote(KEY_B)
             ),
@@ -855,7 +859,7 @@ mod tests {
     fn batch_call(old: &str, new: &str, table: &str, resume: &str) -> String {
         format!(
             "SELECT state[2], state[3], state[4], state[5]
-               FROM _credential_reencrypt_batch(ARRAY[{}], {}, '{table}', 'secret', 1000, {resume},
+               FROM credential_rotate._credential_reencrypt_batch(ARRAY[{}], {}, '{table}', 'secret', 1000, {resume},
                                                 '{{0,0,0,0,0,16,-1,0}}')",
             quote(old),
             quote(new)
@@ -1159,7 +1163,7 @@ mod tests {
         );
         run("GRANT SELECT, UPDATE ON rot_aud TO audit_less");
         // The audit step fails after the record was handed over: no EXECUTE on it.
-        run("REVOKE EXECUTE ON FUNCTION _credential_audit_append() FROM PUBLIC");
+        run("REVOKE EXECUTE ON FUNCTION credential_rotate._credential_audit_append() FROM PUBLIC");
         run("SET ROLE audit_less");
         expect_error(
             &format!(
@@ -1171,11 +1175,11 @@ mod tests {
             "_credential_audit_append",
         );
         run("RESET ROLE");
-        run("GRANT EXECUTE ON FUNCTION _credential_audit_append() TO PUBLIC");
+        run("GRANT EXECUTE ON FUNCTION credential_rotate._credential_audit_append() TO PUBLIC");
         // A later append in the same session finds nothing to append: the rotation it would
         // record was rolled back.
         expect_error(
-            "SELECT _credential_audit_append()",
+            "SELECT credential_rotate._credential_audit_append()",
             "55000",
             "only called by",
         );
@@ -1209,11 +1213,15 @@ mod tests {
         );
         // Nothing of that call is left: the helpers refuse, and the next calls work.
         expect_error(
-            "SELECT _credential_reencrypt_take('(0,1)')",
+            "SELECT credential_rotate._credential_reencrypt_take('(0,1)')",
             "55000",
             "only called by",
         );
-        expect_error("SELECT _credential_status('{}')", "55000", "only called by");
+        expect_error(
+            "SELECT credential_rotate._credential_status('{}')",
+            "55000",
+            "only called by",
+        );
         assert_eq!(verify(KEY_A, ", 'rot_state'"), (5, 1, 0, 0));
         run(&format!(
             "UPDATE rot_state SET secret = credential_encrypt('{{}}'::text, {}) WHERE id = 'p4'",
@@ -1563,7 +1571,9 @@ mod tests {
                 "new_key is the same key as old_keys[1]",
             ),
             (
-                format!("_credential_batched_start(ARRAY[NULL, {k_a}], {k_b}, 10)"),
+                format!(
+                    "credential_rotate._credential_batched_start(ARRAY[NULL, {k_a}], {k_b}, 10)"
+                ),
                 "old_keys[1] is not a valid key: it is NULL",
             ),
             (
@@ -1714,7 +1724,7 @@ mod tests {
         // State for two old keys: batches, scanned, updated, already, empty, window, end, opened.
         let row = one::<String>(&format!(
             "SELECT (resume IS NULL)::text || ' ' || state::text
-               FROM _credential_reencrypt_batch(ARRAY[{}, {}], {}, 'sk7', 'secret', 10, NULL,
+               FROM credential_rotate._credential_reencrypt_batch(ARRAY[{}, {}], {}, 'sk7', 'secret', 10, NULL,
                                                 '{{0,0,0,0,0,16,-1,0,0}}')",
             quote(KEY_B),
             quote(KEY_A),

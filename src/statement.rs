@@ -13,6 +13,10 @@ use pgrx::pg_sys;
 
 use crate::target::{ColumnType, Target};
 
+/// The schema of the extension's internal helpers (created with the extension, owned by it):
+/// out of users' way, never on anybody's search_path, always named in full.
+pub const INTERNAL: &str = "credential_rotate";
+
 /// While alive, `search_path` is `pg_catalog, pg_temp`, as PostgreSQL 17 sets it for its own
 /// maintenance commands: nothing resolves in a schema anybody else can create objects in, and
 /// `pg_temp` comes last (it is never searched for functions or operators anyway). Entered once
@@ -59,11 +63,11 @@ impl Target {
     /// `leading` arguments: jsonb columns are read in their binary form (`name_jsonb`), json
     /// and text columns as text.
     fn row_helper(&self, name: &str, leading: &str) -> String {
-        let (ext, col) = (&self.ext_schema, &self.column);
+        let (helpers, col) = (&self.helper_schema, &self.column);
         if self.column_type == ColumnType::Jsonb {
-            format!("{ext}.{name}_jsonb({leading}{col})")
+            format!("{helpers}.{name}_jsonb({leading}{col})")
         } else {
-            format!("{ext}.{name}({leading}{col}::pg_catalog.text)")
+            format!("{helpers}.{name}({leading}{col}::pg_catalog.text)")
         }
     }
 
@@ -89,7 +93,7 @@ impl Target {
             ),
         };
         let qual = self.row_helper("_credential_reencrypt_row", "tableoid, ctid, ");
-        let (rel, ext, col) = (&self.relation, &self.ext_schema, &self.column);
+        let (rel, helpers, col) = (&self.relation, &self.helper_schema, &self.column);
         if dry_run {
             return format!("SELECT pg_catalog.count(*) FROM {rel} WHERE {range}{qual}");
         }
@@ -99,10 +103,10 @@ impl Target {
         // The stored jsonb is passed again so that only the re-sealed fields are spliced into
         // it; a text or json column gets the whole re-sealed envelope, cast back to its type.
         let value = if self.column_type == ColumnType::Jsonb {
-            format!("{ext}._credential_reencrypt_take_jsonb(ctid, {col})")
+            format!("{helpers}._credential_reencrypt_take_jsonb(ctid, {col})")
         } else {
             format!(
-                "{ext}._credential_reencrypt_take(ctid)::{ty}",
+                "{helpers}._credential_reencrypt_take(ctid)::{ty}",
                 ty = self.column_type.sql()
             )
         };

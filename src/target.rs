@@ -58,8 +58,11 @@ pub struct Target {
     /// An expression giving the row's primary key values as text, `a, b`, through each type's
     /// output function (`format('%s')`): a cast could run another role's code.
     pub pk_value_expr: String,
-    /// The extension's own schema, quoted, to call its helpers without search_path lookups.
+    /// The schema the extension was created in (its entry points and the audit table), quoted.
     pub ext_schema: String,
+    /// The schema of the extension's helpers: `credential_rotate` from 0.4.0 on; until a
+    /// database's `ALTER EXTENSION … UPDATE`, the one its catalog still has them in.
+    pub helper_schema: String,
     /// pg_class.reltuples, when the table has been analyzed.
     pub estimated_rows: Option<i64>,
 }
@@ -250,20 +253,30 @@ impl Target {
             pk.join(", ")
         );
 
-        let ext_schema = client
+        let schemas = client
             .select(
-                "SELECT pg_catalog.format('%I', n.nspname)
+                "SELECT pg_catalog.format('%I', n.nspname),
+                        CASE WHEN EXISTS (
+                                 SELECT FROM pg_catalog.pg_depend d
+                                   JOIN pg_catalog.pg_namespace s ON s.oid OPERATOR(pg_catalog.=) d.objid
+                                  WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass::pg_catalog.oid
+                                    AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
+                                    AND d.refobjid OPERATOR(pg_catalog.=) e.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                                    AND s.nspname OPERATOR(pg_catalog.=) $1)
+                             THEN $1 ELSE pg_catalog.format('%I', n.nspname) END
                    FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
                   WHERE e.extname OPERATOR(pg_catalog.=) 'credential_rotate'",
                 Some(1),
-                &[],
+                &[crate::statement::INTERNAL.into()],
             )?
-            .first()
-            .get_text(1)?
-            .ok_or_else(|| {
-                Error::Internal("extension credential_rotate is not installed".into())
-            })?;
+            .first();
+        let (Some(ext_schema), Some(helper_schema)) = (schemas.get_text(1)?, schemas.get_text(2)?)
+        else {
+            return Err(Error::Internal(
+                "extension credential_rotate is not installed".into(),
+            ));
+        };
 
         Ok((
             Target {
@@ -275,6 +288,7 @@ impl Target {
                 pk_columns,
                 pk_value_expr,
                 ext_schema,
+                helper_schema,
                 estimated_rows,
             },
             confined,

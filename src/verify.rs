@@ -182,7 +182,12 @@ fn with_verify_cipher(
 
 /// Per-row helper of `credential_verify` and `credential_verify_rows`: counts the row under the
 /// active key; `NULL` when it opens or is empty, else why it does not.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_status(secret: Option<DbText>) -> Option<String> {
     with_verify_cipher("_credential_status", |cipher| {
         cipher.status_of(read_text(secret))
@@ -190,7 +195,12 @@ fn _credential_status(secret: Option<DbText>) -> Option<String> {
 }
 
 /// As `_credential_status`, for a jsonb value read in its binary form.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_status_jsonb(secret: Option<RawJsonb>) -> Option<String> {
     with_verify_cipher("_credential_status_jsonb", |cipher| {
         cipher.status_of(read_jsonb(secret))
@@ -288,7 +298,12 @@ fn census_row(helper: &'static str, status: impl FnOnce(&KeyRing) -> Status) -> 
 
 /// Per-row helper of `credential_key_census`: the position (from 1) of the census key that
 /// opens the secret, 0 when none does.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_census_status(secret: Option<DbText>) -> i32 {
     census_row("_credential_census_status", |keys| {
         keys.status(read_text(secret))
@@ -296,7 +311,12 @@ fn _credential_census_status(secret: Option<DbText>) -> i32 {
 }
 
 /// As `_credential_census_status`, for a jsonb value read in its binary form.
-#[pg_extern(volatile, parallel_unsafe, security_invoker)]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_invoker,
+    schema = "credential_rotate"
+)]
 fn _credential_census_status_jsonb(secret: Option<RawJsonb>) -> i32 {
     census_row("_credential_census_status_jsonb", |keys| {
         keys.status(read_jsonb(secret))

@@ -121,8 +121,8 @@ SET statement_timeout = '$timeout';
 SELECT * FROM credential_reencrypt('$OLD', '$NEW');
 RESET statement_timeout;
 SET credential_rotate.progress_rows = 0;
-SELECT 'after: ' || _credential_reencrypt_take('(0,1)');
-SELECT 'after: ' || _credential_audit_append();
+SELECT 'after: ' || credential_rotate._credential_reencrypt_take('(0,1)');
+SELECT 'after: ' || credential_rotate._credential_audit_append();
 SELECT 'verify: ' || readable FROM credential_verify('$OLD');
 SELECT 'dry run: ' || updated FROM credential_reencrypt('$OLD', '$NEW', dry_run => true);
 SQL

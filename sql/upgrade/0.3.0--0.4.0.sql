@@ -13,6 +13,8 @@
 --   one loop for both forms: the internal procedure _credential_reencrypt_batched with the
 --   library's _credential_batched_start and _credential_reencrypt_batch, which replace
 --   _credential_reencrypt_blocks and the array form of _credential_check_keys;
+-- - the internal helpers move to the schema credential_rotate, out of users' way; the entry
+--   points and the audit table stay where they are;
 -- - every statement of the scripts names its operators (pg_catalog.) and compares one type.
 \echo Use "ALTER EXTENSION credential_rotate UPDATE TO '0.4.0'" to load this file. \quit
 
@@ -20,7 +22,19 @@ DROP FUNCTION @extschema@._credential_reencrypt_blocks(text, text, text, text, b
 DROP FUNCTION @extschema@._credential_reencrypt_blocks(text[], text, text, text, bigint, bigint);
 DROP FUNCTION @extschema@._credential_check_keys(text[], text);
 
-CREATE FUNCTION @extschema@."_credential_batched_start"(
+CREATE SCHEMA IF NOT EXISTS credential_rotate;
+ALTER FUNCTION @extschema@._credential_audit_append() SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_check_keys(text, text) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_reencrypt_row(oid, tid, text) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_reencrypt_row_jsonb(oid, tid, jsonb) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_reencrypt_take(tid) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_reencrypt_take_jsonb(tid, jsonb) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_status(text) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_status_jsonb(jsonb) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_census_status(text) SET SCHEMA credential_rotate;
+ALTER FUNCTION @extschema@._credential_census_status_jsonb(jsonb) SET SCHEMA credential_rotate;
+
+CREATE FUNCTION credential_rotate."_credential_batched_start"(
 	"old_keys" text[],
 	"new_key" text,
 	"batch_rows" INT
@@ -29,7 +43,7 @@ VOLATILE SECURITY INVOKER PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', '_credential_batched_start_wrapper';
 
-CREATE FUNCTION @extschema@."_credential_reencrypt_batch"(
+CREATE FUNCTION credential_rotate."_credential_reencrypt_batch"(
 	"old_keys" text[],
 	"new_key" text,
 	"target_table" text,

@@ -86,7 +86,7 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', dry_run => true);
 ROLLBACK;
 -- Functions are refused outside the calls that drive them; the audit trail cannot be forged.
-SELECT _credential_audit_append();
+SELECT credential_rotate._credential_audit_append();
 \echo :LAST_ERROR_SQLSTATE
-SELECT _credential_reencrypt_take('(0,1)');
+SELECT credential_rotate._credential_reencrypt_take('(0,1)');
 \echo :LAST_ERROR_SQLSTATE

@@ -140,10 +140,10 @@ CALL credential_reencrypt_batched(ARRAY[:'k3'], :'k3');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO s;
 -- The census helpers do nothing outside a census.
-SELECT _credential_census_status('{}');
+SELECT credential_rotate._credential_census_status('{}');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO s;
-SELECT _credential_census_status_jsonb('{}');
+SELECT credential_rotate._credential_census_status_jsonb('{}');
 \echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO s;
 SELECT pg_temp.unchanged() AS unchanged_by_errors;
