@@ -82,9 +82,10 @@ export function addRow(db, id, key, { table = 'credential_profiles', column = 's
   psql(`INSERT INTO ${table} (id, ${column}) VALUES (${sqlLiteral(id)}, ${sqlLiteral(sealed)})`, { db });
 }
 
-// Every row's stored text, in id order: for "unchanged, byte for byte".
+// A digest of every row's stored text, in id order, and the row count: for "unchanged, byte
+// for byte".
 export function snapshot(db, { table = 'credential_profiles', column = 'secret' } = {}) {
-  return psql(`SELECT string_agg(id || '=' || ${column}::text, E'\\n' ORDER BY id) FROM ${table}`, { db });
+  return psql(`SELECT count(*) || ' ' || md5(string_agg(id || '=' || ${column}::text, E'\\n' ORDER BY id)) FROM ${table}`, { db });
 }
 
 // Opens every stored secret in Node with `key`: the plaintext by id ({} and NULL skipped).

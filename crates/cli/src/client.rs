@@ -259,12 +259,16 @@ fn write_and_verify(tx: &mut Transaction<'_>, target: &Target, expected: i64) ->
     Ok(())
 }
 
-/// COMMIT. A server's refusal means it rolled back; a connection lost before the answer means
-/// nobody here knows.
+/// COMMIT. An ERROR in answer means the server rolled back; anything else (the connection
+/// lost before the answer, or a FATAL that ends the session, which can come after the commit
+/// record was written) means nobody here knows.
 pub fn commit(tx: Transaction<'_>) -> Result<()> {
     match tx.commit() {
         Ok(()) => Ok(()),
-        Err(e) if e.as_db_error().is_some() => Err(e.into()),
-        Err(e) => Err(Error::OutcomeUnknown(e.to_string())),
+        Err(e) if e.as_db_error().is_some_and(|db| db.severity() == "ERROR") => Err(e.into()),
+        Err(e) => Err(Error::OutcomeUnknown(match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => e.to_string(),
+        })),
     }
 }

@@ -45,6 +45,27 @@ impl Entry {
     }
 }
 
+/// Keeps the keys, bound parameters here, out of the server log for this session: the values
+/// of a failing statement's parameters (`log_parameter_max_length_on_error`, any role may set
+/// it) and those `log_statement` or `log_min_duration_statement` would log with every
+/// statement (`log_parameter_max_length`, superusers only). Returns whether the second could
+/// be set; if not, a server that logs statements logs the keys with them.
+pub fn hide_parameters(client: &mut Client) -> Result<bool> {
+    client.batch_execute("SET log_parameter_max_length_on_error = 0")?;
+    let logged = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('log_statement') OPERATOR(pg_catalog.<>) 'none'
+                 OR pg_catalog.current_setting('log_min_duration_statement')::pg_catalog.int4
+                    OPERATOR(pg_catalog.>=) 0",
+            &[],
+        )?
+        .try_get::<_, bool>(0)?;
+    Ok(client
+        .batch_execute("SET log_parameter_max_length = 0")
+        .is_ok()
+        || !logged)
+}
+
 /// The installed extension, as far as a command needs it.
 pub struct Installed {
     pub version: String,

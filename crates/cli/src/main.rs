@@ -244,35 +244,23 @@ fn choose_mode(
         (Command::Verify, _) => vec![Entry::Verify],
         (Command::Census, _) => vec![Entry::Census],
     };
-    match mode {
-        Mode::Client => {
-            out.note("mode=client: the keys stay in this process");
-            Ok(false)
-        }
-        Mode::Extension => match extension::available(db, &entries)? {
-            Ok(installed) => {
-                out.note(&format!(
-                    "mode=extension: credential_rotate {}",
-                    installed.version
-                ));
-                Ok(true)
-            }
-            Err(why) => Err(Error::NoExtension(why)),
-        },
-        Mode::Auto => match extension::available(db, &entries)? {
-            Ok(installed) => {
-                out.note(&format!(
-                    "mode=extension: credential_rotate {}",
-                    installed.version
-                ));
-                Ok(true)
-            }
-            Err(why) => {
-                out.note(&format!(
-                    "mode=client ({why}): the keys stay in this process"
-                ));
-                Ok(false)
-            }
-        },
+    if mode == Mode::Client {
+        out.note("mode=client: the keys stay in this process");
+        return Ok(false);
     }
+    let why = match extension::available(db, &entries)? {
+        Ok(installed) if extension::hide_parameters(db)? => {
+            out.note(&format!("mode=extension: credential_rotate {}", installed.version));
+            return Ok(true);
+        }
+        Ok(_) => "the server logs every statement with its parameters (log_statement or log_min_duration_statement) and this role may not set log_parameter_max_length = 0: the keys would reach the server log".to_owned(),
+        Err(why) => why,
+    };
+    if mode == Mode::Extension {
+        return Err(Error::NoExtension(why));
+    }
+    out.note(&format!(
+        "mode=client ({why}): the keys stay in this process"
+    ));
+    Ok(false)
 }
