@@ -2,13 +2,19 @@
 // runbook's environment (and nothing else of the caller's), seed tables with secrets sealed
 // by the application's own node:crypto code, read them back and open them in Node.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseKey, sealSecret, openSecretText } from '../node/freeboard-crypto.mjs';
 import { psql, sqlLiteral } from '../node/pg.mjs';
 
 export { psql, sqlLiteral };
+
+// psql for large results (every row of a table): no 1 MB cap on what it prints.
+export function psqlAll(sql, db) {
+  return execFileSync('psql', ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-d', db],
+    { input: sql, encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'pipe'] });
+}
 
 const vectors = JSON.parse(readFileSync(new URL('../vectors/envelopes.json', import.meta.url)));
 export const OLD = vectors.key_a;
@@ -92,7 +98,7 @@ export function snapshot(db, { table = 'credential_profiles', column = 'secret' 
 export function openAll(db, key, { table = 'credential_profiles', column = 'secret' } = {}) {
   const k = parseKey(key);
   const out = new Map();
-  const lines = psql(`SELECT id || '|' || ${column}::text FROM ${table} ORDER BY id`, { db }).split('\n').filter(Boolean);
+  const lines = psqlAll(`SELECT id || '|' || ${column}::text FROM ${table} ORDER BY id`, db).split('\n').filter(Boolean);
   for (const line of lines) {
     const at = line.indexOf('|');
     const envelope = JSON.parse(line.slice(at + 1));
