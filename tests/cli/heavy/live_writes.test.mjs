@@ -103,5 +103,5 @@ COMMIT;
   const rerun = run([], rotateEnv(DB));
   assert.equal(rerun.status, 0, rerun.stderr);
   assert.equal(summary(rerun), `scanned=${ROWS} updated=${underOld.size} already_current=${ROWS - underOld.size} empty=0 mode=client`);
-  console.log(`# ${writes} application writes, none lost; ${underOld.size} late writes re-sealed by the re-run`);
+  console.log(`${writes} application writes, none lost; ${underOld.size} late writes re-sealed by the re-run`);
 });
