@@ -52,7 +52,7 @@ check_run() {
 # $1: table, $2: rows. Freeboard's DDL and seed (no extension needed). Sets SEALED and EMPTY.
 create_table() {
     local counts
-    psql -X -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS $1" \
+    psql -X -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS $1" \
         -c "$(sed "s/TABLE credential_profiles/TABLE $1/" tests/freeboard/credential_profiles.sql)"
     CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$2" |
         sed "1s/^COPY credential_profiles /COPY $1 /" | psql -X -q -v ON_ERROR_STOP=1

@@ -76,11 +76,12 @@ test('auto picks the extension where it is executable, client mode where it is n
   assert.equal(auto.status, 0, auto.stderr);
   assert.match(summary(auto), /mode=extension dry_run=true$/);
   assert.match(auto.stderr, /mode=extension: credential_rotate \d+\.\d+\.\d+/);
-  // A table owner that is no superuser: it cannot create the extension, nor execute it.
+  // A table owner that is no superuser: the extension's rotation is not executable by it
+  // (tests/cli_tls.sh shows such a role cannot create the extension either).
   psql(`DROP ROLE IF EXISTS cli_owner; CREATE ROLE cli_owner LOGIN;
         ALTER TABLE t_client OWNER TO cli_owner`, { db: DB });
-  assert.throws(() => psql('SET ROLE cli_owner; CREATE EXTENSION credential_rotate SCHEMA pg_temp', { db: DB }),
-    /permission denied|must be superuser|already exists/);
+  assert.equal(psql(`SELECT has_function_privilege('cli_owner',
+                       'credential_reencrypt(text, text, text, text, boolean, boolean)', 'EXECUTE')`, { db: DB }).trim(), 'f');
   const owner = run(['--table', 't_client'], rotateEnv(DB, `${OLD},${OTHER}`, NEW, 'cli_owner'));
   assert.equal(owner.status, 0, owner.stderr);
   assert.match(owner.stderr, /mode=client \(credential_reencrypt\(\) of credential_rotate \S+ is missing or not executable by this role\)/);

@@ -168,7 +168,7 @@ pub fn rotate(
                     }
                 }
                 Err(reason) => {
-                    bar.abandon();
+                    bar.finish_and_clear();
                     let pk = target.describe_row(&mut tx, id);
                     return Err(Error::Row {
                         table: target.relation.clone(),

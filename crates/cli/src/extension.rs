@@ -136,6 +136,7 @@ pub fn rotate(
     client: &mut Client,
     options: &crate::client::Options,
     keys: &RotationKeys,
+    out: &crate::output::Output,
 ) -> Result<RotateCounts> {
     let several = keys.old.len() > 1;
     let reencrypt = required(
@@ -162,6 +163,7 @@ pub fn rotate(
            FROM {reencrypt}({first_arg}, $2::pg_catalog.text, $3::pg_catalog.text,
                             $4::pg_catalog.text, $5::pg_catalog.bool)"
     );
+    let spinner = out.spinner("credential_reencrypt is re-sealing in the server");
     let row = if several {
         tx.query_one(
             &query,
@@ -187,10 +189,13 @@ pub fn rotate(
         opened_by: None,
     };
     if options.dry_run {
+        spinner.finish_and_clear();
         tx.rollback()?;
         return Ok(counts);
     }
+    spinner.set_message("credential_verify is checking every secret");
     let check = verify_in(&mut tx, &verify, &new, table, column)?;
+    spinner.finish_and_clear();
     if check.not_readable != 0 || check.malformed != 0 {
         return Err(Error::NotRotated {
             table: table.to_owned(),

@@ -162,7 +162,7 @@ fn run(cli: &Cli, out: &Output) -> Result<u8> {
                 shown.new
             ));
             let counts = if extension {
-                extension::rotate(&mut db, &options, &keys)?
+                extension::rotate(&mut db, &options, &keys, out)?
             } else {
                 client::rotate(&mut db, &options, &keys, out)?
             };

@@ -98,6 +98,21 @@ impl Output {
         bar
     }
 
+    /// A spinner with the elapsed time, for work the server does in one statement (extension
+    /// mode); drawn under the same conditions as [`Output::progress`].
+    pub fn spinner(&self, message: &'static str) -> ProgressBar {
+        if !self.shows_progress() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(message);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
     /// Whether a progress bar would be drawn (the exact row count is worth a count(*) then).
     pub fn shows_progress(&self) -> bool {
         !self.json && !self.quiet && std::io::stderr().is_terminal()
