@@ -187,11 +187,9 @@ pub fn rotate(
     bar.finish_and_clear();
 
     if stage.is_some() && counts.updated > 0 {
-        out.note(&format!(
-            "writing {} re-sealed rows into {} and verifying them",
-            counts.updated, target.relation
-        ));
+        let spinner = out.spinner("writing the re-sealed rows and verifying them");
         write_and_verify(&mut tx, &target, counts.updated)?;
+        spinner.finish_and_clear();
     }
     if options.dry_run {
         tx.rollback()?;

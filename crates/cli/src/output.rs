@@ -84,14 +84,16 @@ impl Output {
             Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
                 .with_style(
                     ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {human_pos}/{human_len} rows, {per_sec}, ETA {eta}",
+                        "{msg} [{bar:30}] {human_pos}/{human_len} rows, {rate}, ETA {eta}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .with_key("rate", rate)
                     .progress_chars("=> "),
                 ),
             None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template("{spinner} {msg} {human_pos} rows, {per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template("{spinner} {msg} {human_pos} rows, {rate}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                    .with_key("rate", rate),
             ),
         };
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -117,6 +119,11 @@ impl Output {
     pub fn shows_progress(&self) -> bool {
         !self.json && !self.quiet && std::io::stderr().is_terminal()
     }
+}
+
+/// Rows per second, whole.
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.0} rows/s", state.per_sec());
 }
 
 /// `scanned=N updated=M already_current=C empty=E mode=…`, and the JSON form.
