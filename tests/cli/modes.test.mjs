@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   OLD, NEW, OTHER, STRANGER, run, rotateEnv, urlFor, freshDb, seedTable, addRow, openAll,
-  snapshot, assertNoKeys, summary, psql,
+  snapshot, assertNoKeys, summary, psql, sqlLiteral,
 } from './lib.mjs';
 
 const DB = 'credential_rotate_cli_modes';
@@ -112,4 +112,15 @@ test('with every statement logged, no key reaches the server log in either mode'
   assert.match(text, /credential_reencrypt\(\$1::pg_catalog\.text\[\]/);
   assert.match(text, /UPDATE public\.t_client AS t/);
   for (const k of [OLD, NEW, OTHER, STRANGER]) assert.ok(!text.includes(k), 'a key reached the server log');
+});
+
+test('the program names keys by the extension\'s own fingerprints', () => {
+  twins();
+  const r = run(['--table', 't_client', '--mode', 'client', '--dry-run', '--json'], rotateEnv(DB, `${OLD},${OTHER}`));
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  const fp = (k) => psql(`SELECT credential_key_fingerprint(${sqlLiteral(k)})`, { db: DB }).trim();
+  assert.deepEqual(j.old_key_fingerprints, [fp(OLD), fp(OTHER)]);
+  assert.equal(j.new_key_fingerprint, fp(NEW));
+  assert.match(r.stderr, new RegExp(`old key fingerprint\\(s\\) ${fp(OLD)}, ${fp(OTHER)}; new key fingerprint ${fp(NEW)}`));
 });
