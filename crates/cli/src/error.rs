@@ -129,3 +129,29 @@ impl From<postgres::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_exit_code() {
+        assert_eq!(Error::MissingEnv("X").exit_code(), EXIT_USAGE);
+        assert_eq!(Error::Tls("x".into()).exit_code(), EXIT_USAGE);
+        assert_eq!(Error::RowSecurity("t".into()).exit_code(), EXIT_REFUSED);
+        assert_eq!(Error::ConnectionLost("x".into()).exit_code(), EXIT_REFUSED);
+        let row = Error::Row {
+            table: "public.t".into(),
+            pk: "(id)=(7)".into(),
+            reason: EnvelopeError::OpensWithNeitherKey,
+        };
+        assert_eq!(row.exit_code(), EXIT_REFUSED);
+        assert!(row
+            .to_string()
+            .starts_with("cannot re-encrypt row (id)=(7) of public.t: "));
+        let unknown = Error::OutcomeUnknown("x".into());
+        assert_eq!(unknown.exit_code(), EXIT_UNKNOWN);
+        assert!(unknown.to_string().contains("credential-rotate verify"));
+        assert_ne!(EXIT_OK, EXIT_REFUSED);
+    }
+}
