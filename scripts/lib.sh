@@ -93,7 +93,8 @@ ensure_pg_tree() {
 ensure_deps() {
     local versions=("$@") missing=() init=() major pg_config
     [ ${#versions[@]} -gt 0 ] || read -ra versions <<<"$PG_SUPPORTED"
-    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip dpkg-dev lintian; do
+    # dpkg-dev, lintian: the Debian packages (tests/deb.sh); openssl: the test CA of tests/cli_tls.sh.
+    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip dpkg-dev lintian openssl; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -42,7 +42,22 @@ lint() {
 
 # The plain-Rust crates' unit tests: cargo pgrx test runs the extension package's only.
 unit_tests() {
-    cargo test --quiet -p credential-rotate-core
+    cargo test --quiet -p credential-rotate-core -p credential-rotate-cli
+}
+
+# The credential-rotate program (debug build), for its integration stages.
+CLI_BIN=$REPO_ROOT/target/debug/credential-rotate
+build_cli() {
+    cargo build --quiet -p credential-rotate-cli
+}
+
+# The program against databases without the extension (client mode) and with it (the same
+# counts in both modes), its faults (kill -9, lost connections, COMMIT in flight, lock
+# timeout), then TLS and SCRAM on a cluster of its own.
+cli_tests() {
+    [ -x "$CLI_BIN" ] || { echo "no $CLI_BIN: the build stage failed" >&2; return 1; }
+    CREDENTIAL_ROTATE_BIN=$CLI_BIN node --test tests/cli/*.test.mjs &&
+        CREDENTIAL_ROTATE_BIN=$CLI_BIN bash tests/cli_tls.sh
 }
 
 # cargo pgrx test pgNN builds with --no-default-features --features "pgNN pg_test" itself.
@@ -125,7 +140,8 @@ start_test_cluster() {
 ensure_deps "${VERSIONS[@]}" || exit 1
 
 stage "cargo fmt and clippy" lint
-stage "unit tests of the plain-Rust core (crates/core)" unit_tests
+stage "unit tests of the plain-Rust crates (crates/core, crates/cli)" unit_tests
+stage "build the credential-rotate program" build_cli
 stage "the grant block of docs/security.md is the one the privileges test runs" bash tests/doc_grants.sh
 
 # On every version in PG_VERSIONS. Stage names start with "pgNN:".
@@ -138,6 +154,7 @@ for version in "${VERSIONS[@]}"; do
     stage "pg$version: isolation tests" isolation
     stage "pg$version: Node.js interop tests" node_interop
     stage "pg$version: server log hygiene" log_hygiene
+    stage "pg$version: credential-rotate: client and extension modes, faults, TLS and SCRAM" cli_tests
     cluster_stop
 done
 
@@ -151,6 +168,8 @@ if [[ " ${VERSIONS[*]} " == *" 15 "* ]]; then
         stage "lost client connection mid-rotation (autocommit, BEGIN, client_connection_check_interval)" bash tests/lost_connection.sh
         stage "hot standby reader during a rotation" bash tests/hot_standby.sh
         stage "upgrade from the previous releases (ALTER EXTENSION UPDATE)" bash tests/upgrade.sh
+        stage "credential-rotate: live application writes during a client-mode rotation (pgbench)" \
+            env CREDENTIAL_ROTATE_BIN="$CLI_BIN" node --test tests/cli/heavy/*.test.mjs
         cluster_stop
     fi
 fi
