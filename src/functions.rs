@@ -205,14 +205,10 @@ fn reencrypt_value_jsonb(envelope: RawJsonb, rotator: &Rotator) -> RawJsonb {
     let Some(sealed) = (unsafe { envelope.sealed() }).or_report() else {
         return envelope;
     };
-    match rotator.rotate_sealed(sealed, true).or_report() {
+    match rotator.rotate_sealed(sealed).or_report() {
         // SAFETY: the three fields were just decoded from this value.
-        Rotation::Resealed {
-            value: Some(parts), ..
-        } => unsafe { envelope.with_parts(&parts) },
-        Rotation::Resealed { value: None, .. } | Rotation::AlreadyCurrent | Rotation::Empty => {
-            envelope
-        }
+        Rotation::Resealed { value: parts, .. } => unsafe { envelope.with_parts(&parts) },
+        Rotation::AlreadyCurrent | Rotation::Empty => envelope,
     }
 }
 
@@ -222,7 +218,7 @@ fn reencrypt_value_jsonb(envelope: RawJsonb, rotator: &Rotator) -> RawJsonb {
 fn reencrypt_value_text(envelope: DbText, rotator: &Rotator) -> DbText {
     let resealed = {
         let text = envelope.to_utf8("the envelope").or_report();
-        match rotator.rotate(&text, true).or_report() {
+        match rotator.rotate(&text).or_report() {
             Rotation::Resealed { value, .. } => Some(value.into_json()),
             Rotation::AlreadyCurrent | Rotation::Empty => None,
         }

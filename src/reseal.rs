@@ -30,11 +30,17 @@ use pgrx::prelude::*;
 
 use crate::call::{self, Stashed};
 use crate::encoding::DbText;
-use crate::envelope::{EnvelopeError, Rotation, Rotator};
+use crate::envelope::{DryRun, EnvelopeError, Rotation, Rotator};
 use crate::error::{Error, OrReport};
 use crate::jsonb::RawJsonb;
 use crate::target::Target;
 use crate::{progress, written};
+
+/// One row decided by a rotation, or by its dry run.
+enum Decided {
+    Rotated(Rotation<Stashed>),
+    DryRun(DryRun),
+}
 
 /// The bookkeeping shared by both quals: find the active rotation, decide the row (with no
 /// borrow of the call state live: reading the value may call Postgres), count it, stash the
@@ -44,7 +50,7 @@ fn rotation_row(
     helper: &'static str,
     tableoid: pg_sys::Oid,
     ctid: pg_sys::ItemPointerData,
-    decide: impl FnOnce(&Rotator, bool) -> Result<Rotation<Option<Stashed>>, EnvelopeError>,
+    decide: impl FnOnce(&Rotator, bool) -> Result<Decided, EnvelopeError>,
 ) -> bool {
     let (rotator, reseal) =
         call::with_rotation(helper, |r, _, _| Ok((Rc::clone(&r.rotator), !r.dry_run))).or_report();
@@ -53,20 +59,30 @@ fn rotation_row(
     let (update, progress) = call::with_rotation(helper, |r, target, started| {
         r.counts.scanned += 1;
         let update = match decided {
-            Ok(Rotation::Empty) => {
+            Ok(Decided::Rotated(Rotation::Empty) | Decided::DryRun(DryRun::Empty)) => {
                 r.counts.empty += 1;
                 Ok(false)
             }
-            Ok(Rotation::AlreadyCurrent) => {
+            Ok(
+                Decided::Rotated(Rotation::AlreadyCurrent)
+                | Decided::DryRun(DryRun::AlreadyCurrent),
+            ) => {
                 r.counts.already_current += 1;
                 Ok(false)
             }
-            Ok(Rotation::Resealed { value: stashed, by }) => {
+            Ok(Decided::Rotated(Rotation::Resealed { value, by })) => {
                 r.counts.updated += 1;
                 if let Some(opened) = r.opened_by.get_mut(by) {
                     *opened += 1;
                 }
-                r.stash = stashed.map(|value| (ctid, value));
+                r.stash = Some((ctid, value));
+                Ok(true)
+            }
+            Ok(Decided::DryRun(DryRun::WouldReseal { by })) => {
+                r.counts.updated += 1;
+                if let Some(opened) = r.opened_by.get_mut(by) {
+                    *opened += 1;
+                }
                 Ok(true)
             }
             Err(reason) => Err((reason, Rc::clone(target))),
@@ -103,16 +119,22 @@ fn _credential_reencrypt_row(
         ctid,
         |rotator, reseal| {
             let Some(secret) = secret else {
-                return Ok(Rotation::Empty);
+                return Ok(Decided::Rotated(Rotation::Empty));
             };
             // Read as UTF-8 (its own fields are ASCII; others need not be). The plaintext
             // inside is opaque bytes: re-sealing never converts it.
             let secret = secret
                 .to_utf8("the envelope")
                 .map_err(|_| EnvelopeError::NotJson)?;
-            Ok(rotator
-                .rotate(&secret, reseal)?
-                .map(|envelope| reseal.then(|| Stashed::Text(envelope.into_json()))))
+            Ok(if reseal {
+                Decided::Rotated(
+                    rotator
+                        .rotate(&secret)?
+                        .map(|envelope| Stashed::Text(envelope.into_json())),
+                )
+            } else {
+                Decided::DryRun(rotator.dry_run(&secret)?)
+            })
         },
     )
 }
@@ -136,15 +158,17 @@ fn _credential_reencrypt_row_jsonb(
         ctid,
         |rotator, reseal| {
             let Some(secret) = secret else {
-                return Ok(Rotation::Empty);
+                return Ok(Decided::Rotated(Rotation::Empty));
             };
             // SAFETY: the argument is declared jsonb.
             let Some(sealed) = (unsafe { secret.sealed() })? else {
-                return Ok(Rotation::Empty);
+                return Ok(Decided::Rotated(Rotation::Empty));
             };
-            Ok(rotator
-                .rotate_sealed(sealed, reseal)?
-                .map(|parts| parts.map(Stashed::Parts)))
+            Ok(if reseal {
+                Decided::Rotated(rotator.rotate_sealed(sealed)?.map(Stashed::Parts))
+            } else {
+                Decided::DryRun(rotator.dry_run_sealed(sealed)?)
+            })
         },
     )
 }

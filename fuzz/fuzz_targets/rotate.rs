@@ -8,7 +8,9 @@
 #![no_main]
 
 use credential_rotate_core::container::{Object, Root, JENTRY_ISSTRING};
-use credential_rotate_core::envelope::{Cipher, EnvelopeError, Field, Rotation, Rotator, Sealed};
+use credential_rotate_core::envelope::{
+    Cipher, DryRun, EnvelopeError, Field, Rotation, Rotator, Sealed,
+};
 use credential_rotate_core::key::Key;
 use credential_rotate_core::stored::envelope_fields as fields;
 use libfuzzer_sys::fuzz_target;
@@ -62,18 +64,18 @@ fn rotate_and_check(object: &Object<'_>, rotator: &Rotator, old: &Cipher, new: &
     // What each key opens the envelope to: the oracle for the rotation's answer.
     let under_old = old.open_sealed(&sealed);
     let under_new = new.open_sealed(&sealed);
-    let dry_run = rotator.rotate_sealed(sealed.clone(), false);
+    let dry_run = rotator.dry_run_sealed(sealed.clone());
     match (&under_old, &dry_run) {
-        (Ok(_), Ok(Rotation::Resealed { value: None, by: 0 })) => {}
+        (Ok(_), Ok(DryRun::WouldReseal { by: 0 })) => {}
         (Ok(_), _) => panic!("a dry run did not find rotatable an envelope the old key opens"),
-        (Err(_), Ok(Rotation::Resealed { .. })) => {
+        (Err(_), Ok(DryRun::WouldReseal { .. })) => {
             panic!("a dry run would re-seal an envelope the old key does not open")
         }
         _ => {}
     }
-    match rotator.rotate_sealed(sealed, true) {
+    match rotator.rotate_sealed(sealed) {
         Ok(Rotation::Resealed {
-            value: Some(parts),
+            value: parts,
             by: 0,
         }) => {
             let Ok(plaintext) = under_old else {
@@ -124,7 +126,6 @@ fn rotate_and_check(object: &Object<'_>, rotator: &Rotator, old: &Cipher, new: &
                 "the rotated envelope does not open with the new key to the same plaintext"
             );
         }
-        Ok(Rotation::Resealed { value: None, .. }) => panic!("a re-seal that wrote no parts"),
         Ok(Rotation::Resealed { by, .. }) => panic!("one old key, yet opened by old key {by}"),
         Ok(Rotation::Empty) => panic!("a decoded envelope called empty"),
         Ok(Rotation::AlreadyCurrent) => assert!(

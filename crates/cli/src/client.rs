@@ -7,7 +7,7 @@
 //! holds exactly what was written, and COMMIT. Any refusal rolls the whole transaction back.
 //! Memory holds one batch, whatever the table's size.
 
-use credential_rotate_core::envelope::{Rotation, Rotator};
+use credential_rotate_core::envelope::{DryRun, Rotation, Rotator};
 use postgres::{IsolationLevel, Transaction};
 
 use crate::config::RotationKeys;
@@ -148,23 +148,31 @@ pub fn rotate(
                 tid: row.try_get(1)?,
             };
             let text: Option<&str> = row.try_get(2)?;
-            let decided = match text {
-                None => Ok(Rotation::Empty),
-                Some(text) => rotator.rotate(text, !options.dry_run),
+            // A dry run only decides; a rotation also re-seals (and stages the value).
+            let decided = match (text, options.dry_run) {
+                (None, _) => Ok(DryRun::Empty),
+                (Some(text), true) => rotator.dry_run(text),
+                (Some(text), false) => rotator.rotate(text).map(|r| match r {
+                    Rotation::Empty => DryRun::Empty,
+                    Rotation::AlreadyCurrent => DryRun::AlreadyCurrent,
+                    Rotation::Resealed { value, by } => {
+                        if stage.is_some() {
+                            batch.seq.push(counts.updated + 1);
+                            batch.table.push(id.table);
+                            batch.tid.push(id.tid);
+                            batch.value.push(value.into_json());
+                        }
+                        DryRun::WouldReseal { by }
+                    }
+                }),
             };
             match decided {
-                Ok(Rotation::Empty) => counts.empty += 1,
-                Ok(Rotation::AlreadyCurrent) => counts.already_current += 1,
-                Ok(Rotation::Resealed { value, by }) => {
+                Ok(DryRun::Empty) => counts.empty += 1,
+                Ok(DryRun::AlreadyCurrent) => counts.already_current += 1,
+                Ok(DryRun::WouldReseal { by }) => {
                     counts.updated += 1;
                     if let Some(n) = counts.opened_by.as_mut().and_then(|v| v.get_mut(by)) {
                         *n += 1;
-                    }
-                    if stage.is_some() {
-                        batch.seq.push(counts.updated);
-                        batch.table.push(id.table);
-                        batch.tid.push(id.tid);
-                        batch.value.push(value.into_json());
                     }
                 }
                 Err(reason) => {

@@ -140,6 +140,17 @@ pub enum Rotation<T> {
     Resealed { value: T, by: usize },
 }
 
+/// What a rotation would do to one stored secret ([`Rotator::dry_run`]): nothing is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    Empty,
+    AlreadyCurrent,
+    /// Opens with old key `by`: a rotation would re-seal it.
+    WouldReseal {
+        by: usize,
+    },
+}
+
 impl<T> Rotation<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Rotation<U> {
         match self {
@@ -303,9 +314,8 @@ impl Rotator {
         }
     }
 
-    /// Decides the fate of one stored secret. `reseal = false` classifies without encrypting
-    /// (a dry run): `Resealed` then carries the envelope unchanged.
-    pub fn rotate(&self, text: &str, reseal: bool) -> Result<Rotation<Envelope>, EnvelopeError> {
+    /// Rotates one stored secret: re-sealed under the new key when an old key opens it.
+    pub fn rotate(&self, text: &str) -> Result<Rotation<Envelope>, EnvelopeError> {
         let envelope = match Secret::parse(text)? {
             Secret::Empty => return Ok(Rotation::Empty),
             Secret::Sealed(envelope) => envelope,
@@ -314,37 +324,46 @@ impl Rotator {
         let (iv, tag) = (envelope.sealed.iv, envelope.sealed.tag);
         match self.decide(&iv, &tag, &mut buffer)? {
             None => Ok(Rotation::AlreadyCurrent),
-            Some(by) if reseal => Ok(Rotation::Resealed {
-                value: self.new.reseal(envelope, &buffer)?,
-                by,
-            }),
             Some(by) => Ok(Rotation::Resealed {
-                value: envelope,
+                value: self.new.reseal(envelope, &buffer)?,
                 by,
             }),
         }
     }
 
+    /// What [`Rotator::rotate`] would do to one stored secret, without encrypting anything.
+    pub fn dry_run(&self, text: &str) -> Result<DryRun, EnvelopeError> {
+        let envelope = match Secret::parse(text)? {
+            Secret::Empty => return Ok(DryRun::Empty),
+            Secret::Sealed(envelope) => envelope,
+        };
+        self.dry_run_sealed(envelope.sealed)
+    }
+
     /// As [`Rotator::rotate`] for an envelope given as its decoded parts (the caller has
     /// checked that the value is a non-empty object): only the parts change, the caller keeps
-    /// every other field; the re-sealed parts are `None` in a dry run. Never `Empty`.
-    /// Consumes the envelope: its buffer is decrypted and re-encrypted in place.
+    /// every other field. Never `Empty`. Consumes the envelope: its buffer is decrypted and
+    /// re-encrypted in place.
     pub fn rotate_sealed(
         &self,
         mut sealed: Sealed,
-        reseal: bool,
-    ) -> Result<Rotation<Option<EncodedParts>>, EnvelopeError> {
+    ) -> Result<Rotation<EncodedParts>, EnvelopeError> {
         let (iv, tag) = (sealed.iv, sealed.tag);
         match self.decide(&iv, &tag, &mut sealed.ciphertext)? {
             None => Ok(Rotation::AlreadyCurrent),
             Some(by) => Ok(Rotation::Resealed {
-                value: if reseal {
-                    Some(self.new.seal_in_place(&mut sealed)?)
-                } else {
-                    None
-                },
+                value: self.new.seal_in_place(&mut sealed)?,
                 by,
             }),
         }
+    }
+
+    /// What [`Rotator::rotate_sealed`] would do, without encrypting anything. Never `Empty`.
+    pub fn dry_run_sealed(&self, mut sealed: Sealed) -> Result<DryRun, EnvelopeError> {
+        let (iv, tag) = (sealed.iv, sealed.tag);
+        Ok(match self.decide(&iv, &tag, &mut sealed.ciphertext)? {
+            None => DryRun::AlreadyCurrent,
+            Some(by) => DryRun::WouldReseal { by },
+        })
     }
 }

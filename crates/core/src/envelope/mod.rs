@@ -18,7 +18,7 @@ pub mod ivpool;
 #[cfg(test)]
 mod tests;
 
-pub use cipher::{Cipher, KeyRing, Rotation, Rotator, Status};
+pub use cipher::{Cipher, DryRun, KeyRing, Rotation, Rotator, Status};
 pub use error::EnvelopeError;
 pub use format::{
     EncodedParts, Envelope, Field, Sealed, Secret, ALGORITHM, IV_LEN, KEY_ID, TAG_LEN,

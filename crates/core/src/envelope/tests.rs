@@ -95,7 +95,7 @@ fn every_malformed_vector_is_refused_with_its_reason() {
         assert_eq!(got, expected(why), "vector {why:?}");
         // Through the rotation path too: never rewritten.
         let rotator = Rotator::new(&v.key_a, &v.key_b);
-        let err = rotator.rotate(&envelope.to_string(), true).unwrap_err();
+        let err = rotator.rotate(&envelope.to_string()).unwrap_err();
         let want = match expected(why) {
             EnvelopeError::DoesNotOpen => EnvelopeError::OpensWithNeitherKey,
             other => other,
@@ -145,7 +145,7 @@ fn plaintext_that_is_not_utf8_is_refused() {
     );
     let rotator = Rotator::new(&v.key_a, &v.key_b);
     assert_eq!(
-        rotator.rotate(&envelope.to_json(), true).unwrap_err(),
+        rotator.rotate(&envelope.to_json()).unwrap_err(),
         EnvelopeError::PlaintextNotUtf8
     );
 }
@@ -161,7 +161,7 @@ fn rotation_reseals_exact_bytes_keeps_fields_and_uses_fresh_ivs() {
         with_extra["keyId"] = json!("v1");
         with_extra["note"] = json!({"kept": [1, 2]});
         let text = with_extra.to_string();
-        let Rotation::Resealed { value: out, by: 0 } = rotator.rotate(&text, true).unwrap() else {
+        let Rotation::Resealed { value: out, by: 0 } = rotator.rotate(&text).unwrap() else {
             panic!("expected a re-seal");
         };
         assert_eq!(new.open(&out).unwrap().as_slice(), plaintext.as_bytes());
@@ -191,7 +191,7 @@ fn rotation_reseals_exact_bytes_keeps_fields_and_uses_fresh_ivs() {
         }
         // Re-running finds it current.
         assert!(matches!(
-            rotator.rotate(&out.to_json(), true).unwrap(),
+            rotator.rotate(&out.to_json()).unwrap(),
             Rotation::AlreadyCurrent
         ));
     }
@@ -208,9 +208,9 @@ fn in_place_rotation_of_parts_classifies_every_case() {
     for (plaintext, envelope) in &v.good {
         let under_old = sealed(envelope).into_sealed();
         let Rotation::Resealed {
-            value: Some(parts),
+            value: parts,
             by: 0,
-        } = rotator.rotate_sealed(under_old.clone(), true).unwrap()
+        } = rotator.rotate_sealed(under_old.clone()).unwrap()
         else {
             panic!("expected a re-seal");
         };
@@ -226,23 +226,23 @@ fn in_place_rotation_of_parts_classifies_every_case() {
             plaintext.as_bytes()
         );
         assert!(matches!(
-            rotator.rotate_sealed(resealed.clone(), true),
+            rotator.rotate_sealed(resealed.clone()),
             Ok(Rotation::AlreadyCurrent)
         ));
         assert!(matches!(
-            rotator.rotate_sealed(under_old.clone(), false),
-            Ok(Rotation::Resealed { value: None, by: 0 })
+            rotator.dry_run_sealed(under_old.clone()),
+            Ok(DryRun::WouldReseal { by: 0 })
         ));
         let key_c = Key::parse("6fYx3zeZFQ1n6rJbJdX6bHvZ9kD0n2o8o5H1lY0GkQ4=").unwrap();
         let stranger = Rotator::new(&v.key_b, &key_c);
         assert!(matches!(
-            stranger.rotate_sealed(under_old, true),
+            stranger.rotate_sealed(under_old),
             Err(EnvelopeError::OpensWithNeitherKey)
         ));
     }
     let (not_utf8, _) = Cipher::new(&v.key_a).seal_parts(&[0xff, 0xfe]).unwrap();
     assert!(matches!(
-        rotator.rotate_sealed(not_utf8.clone(), true),
+        rotator.rotate_sealed(not_utf8.clone()),
         Err(EnvelopeError::PlaintextNotUtf8)
     ));
     let debug = format!("{not_utf8:?}");
@@ -269,23 +269,22 @@ fn several_old_keys_report_the_key_that_opened_each_envelope() {
             .seal(plaintext.as_bytes())
             .unwrap();
         assert_eq!(ring.identify_text(&envelope.to_json()), Ok(Some(which)));
-        let Rotation::Resealed { value: out, by } =
-            rotator.rotate(&envelope.to_json(), true).unwrap()
+        let Rotation::Resealed { value: out, by } = rotator.rotate(&envelope.to_json()).unwrap()
         else {
             panic!("expected a re-seal");
         };
         assert_eq!(by, which);
         assert_eq!(new.open(&out).unwrap().as_slice(), plaintext.as_bytes());
         assert!(matches!(
-            rotator.rotate(&out.to_json(), true),
+            rotator.rotate(&out.to_json()),
             Ok(Rotation::AlreadyCurrent)
         ));
         let (sealed, _) = Cipher::new(&olds[which])
             .seal_parts(plaintext.as_bytes())
             .unwrap();
         assert!(matches!(
-            rotator.rotate_sealed(sealed.clone(), false),
-            Ok(Rotation::Resealed { value: None, by }) if by == which
+            rotator.dry_run_sealed(sealed.clone()),
+            Ok(DryRun::WouldReseal { by }) if by == which
         ));
         assert_eq!(
             ring.status(Ok(Some(sealed.clone()))),
@@ -295,7 +294,7 @@ fn several_old_keys_report_the_key_that_opened_each_envelope() {
     }
     let stranger = Cipher::new(&Key::generate().unwrap()).seal(b"{}").unwrap();
     assert_eq!(
-        rotator.rotate(&stranger.to_json(), true).unwrap_err(),
+        rotator.rotate(&stranger.to_json()).unwrap_err(),
         EnvelopeError::OpensWithNoKey
     );
     assert_eq!(
@@ -322,14 +321,14 @@ fn several_old_keys_report_the_key_that_opened_each_envelope() {
     // The one-key form keeps its message.
     assert_eq!(
         Rotator::new(&v.key_a, &key_d)
-            .rotate(&stranger.to_json(), true)
+            .rotate(&stranger.to_json())
             .unwrap_err(),
         EnvelopeError::OpensWithNeitherKey
     );
     // A plaintext that is not UTF-8 is refused, not re-sealed, by whichever key opens it.
     let not_utf8 = Cipher::new(&key_c).seal(&[0xff, 0xfe]).unwrap();
     assert_eq!(
-        rotator.rotate(&not_utf8.to_json(), true).unwrap_err(),
+        rotator.rotate(&not_utf8.to_json()).unwrap_err(),
         EnvelopeError::PlaintextNotUtf8
     );
 }
@@ -388,14 +387,13 @@ fn dry_run_classifies_without_encrypting() {
     let v = vectors();
     let rotator = Rotator::new(&v.key_a, &v.key_b);
     let text = v.good[0].1.to_string();
-    let Rotation::Resealed { value: same, .. } = rotator.rotate(&text, false).unwrap() else {
-        panic!("expected the dry run to find it rotatable");
-    };
-    assert_eq!(same.into_value(), v.good[0].1);
-    assert!(matches!(
-        rotator.rotate("{}", false).unwrap(),
-        Rotation::Empty
-    ));
+    assert_eq!(
+        rotator.dry_run(&text).unwrap(),
+        DryRun::WouldReseal { by: 0 }
+    );
+    assert_eq!(rotator.dry_run("{}").unwrap(), DryRun::Empty);
+    let current = Rotator::new(&v.key_b, &v.key_a);
+    assert_eq!(current.dry_run(&text).unwrap(), DryRun::AlreadyCurrent);
 }
 
 #[test]
@@ -418,7 +416,7 @@ fn error_messages_never_carry_envelope_values() {
     let v = vectors();
     let rotator = Rotator::new(&v.key_a, &v.key_b);
     for (_, envelope) in v.malformed.iter().chain(v.good.iter().take(0)) {
-        if let Err(e) = rotator.rotate(&envelope.to_string(), true) {
+        if let Err(e) = rotator.rotate(&envelope.to_string()) {
             let msg = e.to_string();
             for field in ["iv", "ciphertext", "authTag"] {
                 if let Some(s) = envelope.get(field).and_then(Value::as_str) {
