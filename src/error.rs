@@ -8,6 +8,7 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 use crate::envelope::EnvelopeError;
 use crate::key::KeyError;
+use crate::table::TargetError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,22 +35,13 @@ pub enum Error {
     NewKeyAmongOld { position: usize },
     #[error("{0} must not be NULL")]
     NullArgument(&'static str),
+    /// The table, its column or one of its rows, as the program refuses them too.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// A NULL reaching a non-`Option` argument: only STRICT functions take one, and Postgres
     /// never calls them with a NULL. Refused rather than passed on as a null pointer.
     #[error("argument {0} is NULL")]
     NullDatum(usize),
-    #[error("relation \"{0}\" does not exist")]
-    UndefinedTable(String),
-    #[error("\"{0}\" is not a table")]
-    NotATable(String),
-    #[error("column \"{column}\" of relation {table} does not exist")]
-    UndefinedColumn { table: String, column: String },
-    #[error("column {column} of relation {table} is of type {found}, not jsonb, json or text")]
-    WrongColumnType {
-        table: String,
-        column: String,
-        found: String,
-    },
     #[error(
         "column {column} of relation {table} is of type {found}, not timestamptz or timestamp"
     )]
@@ -58,8 +50,6 @@ pub enum Error {
         column: String,
         found: String,
     },
-    #[error("row-level security is active on {0} for the current role: a rotation or verification must see every row")]
-    RowSecurity(String),
     #[error("relation {0} was renamed or replaced while the call waited for its lock")]
     ConcurrentChange(String),
     #[error("a rotation of {table} would run code of another role (with the caller's rights), or code it cannot check: {code}")]
@@ -70,14 +60,6 @@ pub enum Error {
     BatchedInTransaction,
     #[error("permission denied for procedure {0}")]
     PermissionDenied(&'static str),
-    #[error("relation {0} has no primary key")]
-    NoPrimaryKey(String),
-    #[error("cannot re-encrypt row {pk} of {table}: {reason}")]
-    Row {
-        table: String,
-        pk: String,
-        reason: EnvelopeError,
-    },
     #[error("{0}")]
     Envelope(EnvelopeError),
     #[error("a trigger on {table} skipped rows the rotation re-sealed: they were not written")]
@@ -147,19 +129,21 @@ impl Error {
             | Error::NewKeyAmongOld { .. }
             | Error::BatchRows => ERRCODE_INVALID_PARAMETER_VALUE,
             Error::BatchedInTransaction => ERRCODE_ACTIVE_SQL_TRANSACTION,
-            Error::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
-            Error::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
-            Error::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
-            Error::WrongColumnType { .. } | Error::WrongTimestampType { .. } => {
-                ERRCODE_DATATYPE_MISMATCH
-            }
-            Error::NoPrimaryKey(_) | Error::ForeignTableCode { .. } => {
-                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
-            Error::RowSecurity(_) | Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Error::Target(t) => match t {
+                TargetError::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,
+                TargetError::NotATable(_) => ERRCODE_WRONG_OBJECT_TYPE,
+                TargetError::UndefinedColumn { .. } => ERRCODE_UNDEFINED_COLUMN,
+                TargetError::WrongColumnType { .. } => ERRCODE_DATATYPE_MISMATCH,
+                TargetError::NoPrimaryKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                TargetError::RowSecurity(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
+                TargetError::Row { reason, .. } => envelope_sqlstate(*reason),
+            },
+            Error::WrongTimestampType { .. } => ERRCODE_DATATYPE_MISMATCH,
+            Error::ForeignTableCode { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            Error::PermissionDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             // The caller's name no longer denotes the table it resolved: retrying is right.
             Error::ConcurrentChange(_) => ERRCODE_T_R_SERIALIZATION_FAILURE,
-            Error::Row { reason, .. } | Error::Envelope(reason) => envelope_sqlstate(*reason),
+            Error::Envelope(reason) => envelope_sqlstate(*reason),
             Error::RowsSkipped { .. } => ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             Error::Overwritten { .. } | Error::NotRotated { .. } => {
                 ERRCODE_TRIGGERED_DATA_CHANGE_VIOLATION
@@ -176,7 +160,7 @@ impl Error {
 
     fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::Row { .. }
+            Error::Target(TargetError::Row { .. })
             | Error::RowsSkipped { .. }
             | Error::Overwritten { .. }
             | Error::NotRotated { .. } => {
@@ -185,7 +169,7 @@ impl Error {
             Error::InvalidKey { .. } | Error::InvalidKeyAt { .. } => Some(
                 "A key is the standard base64 of 32 random bytes, as credential_generate_key() returns.",
             ),
-            Error::RowSecurity(_) => Some(
+            Error::Target(TargetError::RowSecurity(_)) => Some(
                 "Nothing was read or changed. Run it as the table's owner (unless the table has FORCE ROW LEVEL SECURITY), as a role with BYPASSRLS, or as a superuser.",
             ),
             Error::ConcurrentChange(_) => Some("Nothing was changed. Call it again."),

@@ -28,7 +28,7 @@
 
 use pgrx::prelude::*;
 
-pub use credential_rotate_core::{container, envelope, key, stored};
+pub use credential_rotate_core::{container, envelope, key, stored, table};
 
 mod args;
 mod audit;

@@ -33,6 +33,7 @@ use crate::encoding::DbText;
 use crate::envelope::{DryRun, EnvelopeError, Rotation, Rotator};
 use crate::error::{Error, OrReport};
 use crate::jsonb::RawJsonb;
+use crate::table::TargetError;
 use crate::target::Target;
 use crate::{progress, written};
 
@@ -240,11 +241,11 @@ fn report_row_error(
     ctid: pg_sys::ItemPointerData,
     reason: EnvelopeError,
 ) -> ! {
-    Error::Row {
+    Error::from(TargetError::Row {
         pk: target.describe_row(tableoid, ctid),
         table: target.relation.clone(),
         reason,
-    }
+    })
     .report()
 }
 

@@ -11,7 +11,8 @@ use std::ffi::c_int;
 
 use pgrx::pg_sys;
 
-use crate::target::{ColumnType, Target};
+use crate::table::ColumnType;
+use crate::target::Target;
 
 /// The schema of the extension's internal helpers (created with the extension, owned by it):
 /// out of users' way, never on anybody's search_path, always named in full.

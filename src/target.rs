@@ -12,35 +12,8 @@ use pgrx::spi::SpiClient;
 use crate::encoding::{self, DbText, GetText};
 use crate::error::{required, Error};
 use crate::statement::SafeSearchPath;
+use crate::table::{ColumnType, TargetError};
 use crate::table_code;
-
-/// The type of the secret column, known by OID: a domain or another schema's type of the same
-/// name is none of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Jsonb,
-    Json,
-    Text,
-}
-
-impl ColumnType {
-    pub fn sql(self) -> &'static str {
-        match self {
-            ColumnType::Jsonb => "pg_catalog.jsonb",
-            ColumnType::Json => "pg_catalog.json",
-            ColumnType::Text => "pg_catalog.text",
-        }
-    }
-
-    fn of(oid: pg_sys::Oid) -> Option<ColumnType> {
-        match oid {
-            pg_sys::JSONBOID => Some(ColumnType::Jsonb),
-            pg_sys::JSONOID => Some(ColumnType::Json),
-            pg_sys::TEXTOID => Some(ColumnType::Text),
-            _ => None,
-        }
-    }
-}
 
 /// A resolved target: table, secret column and primary key, quoted for SQL.
 #[derive(Debug, Clone)]
@@ -158,11 +131,11 @@ impl Target {
         lock: Lock,
     ) -> Result<(Target, Confined), Error> {
         let Some(oid) = lookup(table)? else {
-            return Err(Error::UndefinedTable(shown_name(table)));
+            return Err(TargetError::UndefinedTable(shown_name(table)).into());
         };
         let (relation, relkind) = qualified_name(oid)?;
         if relkind != b'r' && relkind != b'p' {
-            return Err(Error::NotATable(relation));
+            return Err(TargetError::NotATable(relation).into());
         }
         match lock {
             // LOCK TABLE checks the caller's privileges for the mode and honours lock_timeout.
@@ -217,16 +190,17 @@ impl Target {
         // hidden rows under the old key, a verification would count only some. Checked under
         // the lock: enabling row-level security or adding a policy needs a conflicting lock.
         if rel.get::<bool>(2)? != Some(false) {
-            return Err(Error::RowSecurity(relation));
+            return Err(TargetError::RowSecurity(relation).into());
         }
 
         let (type_oid, quoted, column_name) = column_type(client, oid, &relation, column)?;
-        let Some(column_type) = ColumnType::of(type_oid) else {
-            return Err(Error::WrongColumnType {
+        let Some(column_type) = ColumnType::of_oid(type_oid.to_u32()) else {
+            return Err(TargetError::WrongColumnType {
                 table: relation,
                 column: quoted,
                 found: type_name(client, type_oid)?,
-            });
+            }
+            .into());
         };
 
         let pk: Vec<String> = client
@@ -244,7 +218,7 @@ impl Target {
             .map(|row| row.get_text(1).map(Option::unwrap_or_default))
             .collect::<Result<_, _>>()?;
         if pk.is_empty() {
-            return Err(Error::NoPrimaryKey(relation));
+            return Err(TargetError::NoPrimaryKey(relation).into());
         }
         let pk_columns = format!("({})", pk.join(", "));
         let pk_value_expr = format!(
@@ -350,10 +324,11 @@ fn column_type(
         )?
         .first();
     if row.is_empty() {
-        return Err(Error::UndefinedColumn {
+        return Err(TargetError::UndefinedColumn {
             table: relation.to_owned(),
             column: shown_name(column),
-        });
+        }
+        .into());
     }
     match (
         row.get::<pg_sys::Oid>(1)?,

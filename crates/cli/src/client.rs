@@ -13,7 +13,9 @@ use postgres::{IsolationLevel, Transaction};
 use crate::config::RotationKeys;
 use crate::error::{Error, Result};
 use crate::output::{Output, RotateCounts};
-use crate::target::{ColumnType, Lock, RowId, Target, Tid};
+use crate::target::{Lock, RowId, Target, Tid};
+use credential_rotate_core::table::ColumnType;
+use credential_rotate_core::table::TargetError;
 
 /// What a run works on and how.
 pub struct Options {
@@ -178,11 +180,12 @@ pub fn rotate(
                 Err(reason) => {
                     bar.finish_and_clear();
                     let pk = target.describe_row(&mut tx, id);
-                    return Err(Error::Row {
+                    return Err(TargetError::Row {
                         table: target.relation.clone(),
                         pk,
                         reason,
-                    });
+                    }
+                    .into());
                 }
             }
         }

@@ -3,8 +3,8 @@
 //! Messages name environment variables, files, relations, columns, primary keys and keys by
 //! position or fingerprint; never a key, a plaintext or a password.
 
-use credential_rotate_core::envelope::EnvelopeError;
 use credential_rotate_core::key::KeyError;
+use credential_rotate_core::table::TargetError;
 
 /// Exit codes, documented in docs/cli.md.
 pub const EXIT_OK: u8 = 0;
@@ -35,30 +35,11 @@ pub enum Error {
     Connect(String),
     #[error("{0}")]
     Database(String),
-    #[error("relation \"{0}\" does not exist")]
-    UndefinedTable(String),
-    #[error("\"{0}\" is not a table")]
-    NotATable(String),
-    #[error("column \"{column}\" of relation {table} does not exist")]
-    UndefinedColumn { table: String, column: String },
-    #[error("column {column} of relation {table} is of type {found}, not jsonb, json or text")]
-    WrongColumnType {
-        table: String,
-        column: String,
-        found: String,
-    },
-    #[error("relation {0} has no primary key")]
-    NoPrimaryKey(String),
+    /// The table, its column or one of its rows, as the extension refuses them too.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("relation {0} was renamed or replaced while the program waited for its lock")]
     ConcurrentChange(String),
-    #[error("row-level security is active on {0} for the current role: a rotation or verification must see every row")]
-    RowSecurity(String),
-    #[error("cannot re-encrypt row {pk} of {table}: {reason}")]
-    Row {
-        table: String,
-        pk: String,
-        reason: EnvelopeError,
-    },
     #[error("a trigger or rule on {table} skipped {skipped} of the {expected} rows to re-encrypt")]
     RowsSkipped {
         table: String,
@@ -138,13 +119,16 @@ mod tests {
     fn each_kind_of_failure_has_its_exit_code() {
         assert_eq!(Error::MissingEnv("X").exit_code(), EXIT_USAGE);
         assert_eq!(Error::Tls("x".into()).exit_code(), EXIT_USAGE);
-        assert_eq!(Error::RowSecurity("t".into()).exit_code(), EXIT_REFUSED);
+        assert_eq!(
+            Error::from(TargetError::RowSecurity("t".into())).exit_code(),
+            EXIT_REFUSED
+        );
         assert_eq!(Error::ConnectionLost("x".into()).exit_code(), EXIT_REFUSED);
-        let row = Error::Row {
+        let row = Error::from(TargetError::Row {
             table: "public.t".into(),
             pk: "(id)=(7)".into(),
-            reason: EnvelopeError::OpensWithNeitherKey,
-        };
+            reason: credential_rotate_core::envelope::EnvelopeError::OpensWithNeitherKey,
+        });
         assert_eq!(row.exit_code(), EXIT_REFUSED);
         assert!(row
             .to_string()

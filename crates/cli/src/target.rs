@@ -10,6 +10,7 @@ use postgres::types::{FromSql, IsNull, ToSql, Type};
 use postgres::Transaction;
 
 use crate::error::{Error, Result};
+use credential_rotate_core::table::{ColumnType, TargetError};
 
 /// The lock a run holds on its table until COMMIT or ROLLBACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,23 +20,6 @@ pub enum Lock {
     /// Rewriting: readers go on; writers wait for COMMIT, so no row can be written under the
     /// old key behind the scan; a second rotation waits for the first. The extension's lock.
     ShareRowExclusive,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Jsonb,
-    Json,
-    Text,
-}
-
-impl ColumnType {
-    pub fn sql(self) -> &'static str {
-        match self {
-            ColumnType::Jsonb => "pg_catalog.jsonb",
-            ColumnType::Json => "pg_catalog.json",
-            ColumnType::Text => "pg_catalog.text",
-        }
-    }
 }
 
 /// A resolved table and column, names quoted by the server.
@@ -51,12 +35,6 @@ pub struct Target {
     /// The row's primary key values as text, `a::pg_catalog.text || ', ' || …`.
     pub pk_value_expr: String,
 }
-
-// Built-in type OIDs (pg_type.dat): compared by OID, so that a type of the same name in
-// another schema is not taken for them.
-const TEXT_OID: u32 = 25;
-const JSON_OID: u32 = 114;
-const JSONB_OID: u32 = 3802;
 
 impl Target {
     /// Resolves `table` (a name as `regclass` reads it, with the session's search_path), takes
@@ -77,12 +55,12 @@ impl Target {
             &[&table],
         )?;
         let Some(rel) = rel else {
-            return Err(Error::UndefinedTable(table.to_owned()));
+            return Err(TargetError::UndefinedTable(table.to_owned()).into());
         };
         let (oid, relation, relkind): (u32, String, String) =
             (rel.try_get(0)?, rel.try_get(1)?, rel.try_get(2)?);
         if relkind != "r" && relkind != "p" {
-            return Err(Error::NotATable(relation));
+            return Err(TargetError::NotATable(relation).into());
         }
         if lock == Lock::ShareRowExclusive {
             // LOCK TABLE checks the role's privileges for the mode and honours lock_timeout.
@@ -105,7 +83,7 @@ impl Target {
         // A policy would silently hide rows: they would stay under the old key, and the
         // counts would be short. Checked under the lock, which enabling RLS must wait for.
         if still.try_get::<_, Option<bool>>(1)? != Some(false) {
-            return Err(Error::RowSecurity(relation));
+            return Err(TargetError::RowSecurity(relation).into());
         }
 
         let col = tx.query_opt(
@@ -117,24 +95,21 @@ impl Target {
             &[&oid, &column],
         )?;
         let Some(col) = col else {
-            return Err(Error::UndefinedColumn {
+            return Err(TargetError::UndefinedColumn {
                 table: relation,
                 column: column.to_owned(),
-            });
+            }
+            .into());
         };
         let (type_oid, type_name, quoted): (u32, String, String) =
             (col.try_get(0)?, col.try_get(1)?, col.try_get(2)?);
-        let column_type = match type_oid {
-            JSONB_OID => ColumnType::Jsonb,
-            JSON_OID => ColumnType::Json,
-            TEXT_OID => ColumnType::Text,
-            _ => {
-                return Err(Error::WrongColumnType {
-                    table: relation,
-                    column: quoted,
-                    found: type_name,
-                })
+        let Some(column_type) = ColumnType::of_oid(type_oid) else {
+            return Err(TargetError::WrongColumnType {
+                table: relation,
+                column: quoted,
+                found: type_name,
             }
+            .into());
         };
 
         let pk = tx.query_one(
@@ -150,7 +125,7 @@ impl Target {
             &[&oid],
         )?;
         let (Some(pk_columns), Some(pk_value_expr)) = (pk.try_get(0)?, pk.try_get(1)?) else {
-            return Err(Error::NoPrimaryKey(relation));
+            return Err(TargetError::NoPrimaryKey(relation).into());
         };
         Ok(Target {
             relation,

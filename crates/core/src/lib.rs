@@ -10,3 +10,4 @@ pub mod container;
 pub mod envelope;
 pub mod key;
 pub mod stored;
+pub mod table;
