@@ -13,23 +13,11 @@ source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${BATCHED_ROWS:-20000}
 BATCH=${BATCHED_BATCH_ROWS:-500}
 DB=credential_rotate_batched
+source "$REPO_ROOT/tests/lib/cluster.sh"
 load_test_keys
-failures=0
 CALL_PID=""
 # A failed check leaves no background call behind.
 trap '[ -z "$CALL_PID" ] || kill "$CALL_PID" 2>/dev/null || true' EXIT
-
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
-ok() { echo "ok: $*"; }
-failed() {
-    echo "FAILED: $*" >&2
-    failures=$((failures + 1))
-}
-# Aborts the scenario: what follows would only report consequences of this.
-fatal() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
 
 # md5 over every sealed row's id and plaintext. $1: old, new, or both (whichever of the two
 # keys opens the row: credential_reencrypt_value passes an envelope under the new key through).
@@ -48,22 +36,12 @@ plaintexts() {
 # cheap enough to poll, unlike decrypting every row).
 rewritten() { q -c "SELECT count(*) FROM credential_profiles WHERE xmin::text <> '$SEED_XMIN'"; }
 audited() { q -c "SELECT coalesce(sum(updated), 0) FROM credential_rotate_audit WHERE id > $1"; }
-audit_mark() { q -c "SELECT coalesce(max(id), 0) FROM credential_rotate_audit"; }
 
 seed() {
-    q <<SQL
-TRUNCATE credential_profiles;
-INSERT INTO credential_profiles (id, name, type, secret)
-  SELECT 'cp-' || lpad(i::text, 7, '0'), 'profile ' || i, 'bearer',
-         CASE WHEN i % 100 = 0 THEN '{}'::jsonb
-              ELSE credential_encrypt(format('{"token":"%s"}', md5(i::text)), '$OLD') END
-    FROM generate_series(1, $ROWS) i;
-VACUUM ANALYZE credential_profiles;
-CHECKPOINT;
-SQL
+    q -c "TRUNCATE credential_profiles"
+    seed_profiles "$ROWS"
     SEED_XMIN=$(q -c "SELECT min(xmin::text) FROM credential_profiles")
     [ "$(q -c "SELECT count(DISTINCT xmin::text) FROM credential_profiles")" = 1 ] || fatal "seed not in one transaction"
-    SEALED=$(q -c "SELECT count(*) FROM credential_profiles WHERE secret <> '{}'")
     PLAIN_BEFORE=$(plaintexts old)
     MARK=$(audit_mark)
 }
@@ -86,13 +64,6 @@ start_batched() {
         fatal "the batched call finished before the interruption: use more rows (BATCHED_ROWS)"
 }
 
-wait_ready() {
-    for _ in $(seq 120); do
-        "$PG_BIN/pg_isready" -q && psql -X -At -d "$DB" -c "SELECT 1" >/dev/null 2>&1 && return 0
-        sleep 0.5
-    done
-    fatal "server did not come back"
-}
 
 # After an interruption: rows of the committed batches under the new key, the rest under the
 # old key, none lost, plaintexts unchanged, and really some of each.
@@ -125,12 +96,7 @@ check_resumed() {
     fi
 }
 
-psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-q <<SQL
-CREATE EXTENSION credential_rotate;
-SET client_min_messages = warning;
-\\ir $(cd "$(dirname "$0")" && pwd)/freeboard/credential_profiles.sql
-SQL
+fresh_database
 
 # (a) pg_cancel_backend.
 seed
@@ -147,18 +113,10 @@ check_resumed "pg_cancel_backend"
 # committed batches survive, the one in progress is rolled back.
 seed
 start_batched
-restarts=$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)
-kill -9 "$BACKEND"
-# Wait for the postmaster to have restarted every backend: until it has, a new connection
-# can still succeed and then be terminated by the restart.
-for _ in $(seq 100); do
-    [ "$(grep -c "all server processes terminated; reinitializing" "$CLUSTER_LOG" || true)" -gt "$restarts" ] && break
-    sleep 0.1
-done
+kill_backend "$BACKEND"
 wait "$CALL_PID" 2>/dev/null || true
 grep -q "server closed the connection\|connection to server was lost\|terminated" "$CLUSTER_DIR/batched.out" ||
     failed "kill -9: the killed call did not see its connection die: $(cat "$CLUSTER_DIR/batched.out")"
-wait_ready
 check_interrupted "kill -9 of the backend"
 check_resumed "kill -9 of the backend"
 

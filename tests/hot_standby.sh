@@ -6,9 +6,8 @@ source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${STANDBY_ROWS:-20000}
 DB=credential_rotate_standby
 STANDBY_PORT=$((PGPORT + 1))
+source "$REPO_ROOT/tests/lib/cluster.sh"
 load_test_keys
-fail() { echo "FAILED: $*" >&2; exit 1; }
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
 standby() { psql -X -q -At -v ON_ERROR_STOP=1 -p "$STANDBY_PORT" -d "$DB" "$@"; }
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
@@ -24,7 +23,7 @@ sudo -u postgres "$PG_BIN/pg_basebackup" -h "$PGHOST" -p "$PGPORT" -U postgres -
 sudo -u postgres "$PG_BIN/pg_ctl" -D "$standby_dir" -l "$CLUSTER_DIR/standby.log" -w \
     -o "-p $STANDBY_PORT -k $CLUSTER_DIR/sock -c listen_addresses='' -c hot_standby=on" start >/dev/null
 trap 'sudo -u postgres "$PG_BIN/pg_ctl" -D "$standby_dir" -m fast -w -t 600 stop >/dev/null 2>&1 || true' EXIT
-[ "$(standby -c "SELECT pg_is_in_recovery()")" = t ] || fail "the standby is not in recovery"
+[ "$(standby -c "SELECT pg_is_in_recovery()")" = t ] || fatal "the standby is not in recovery"
 
 # One snapshot per observation: both counts in one REPEATABLE READ transaction.
 observe() {
@@ -56,7 +55,7 @@ total=$(wc -l <"$observations")
 mixed=$(awk -v n="$ROWS" '!(($1 == n && $2 == 0) || ($1 == 0 && $2 == n))' "$observations" | wc -l)
 before=$(awk -v n="$ROWS" '$1 == n && $2 == 0' "$observations" | wc -l)
 after=$(awk -v n="$ROWS" '$1 == 0 && $2 == n' "$observations" | wc -l)
-[ "$mixed" = 0 ] || { sort "$observations" | uniq -c >&2; fail "the standby showed rows under both keys at once"; }
-[ "$before" -gt 0 ] && [ "$after" -gt 0 ] || fail "the reader saw only one side ($before before, $after after): proves nothing"
-[ "$(standby -c "SELECT readable FROM credential_verify('$NEW')")" = "$ROWS" ] || fail "not every row opens with the new key on the standby"
+[ "$mixed" = 0 ] || { sort "$observations" | uniq -c >&2; fatal "the standby showed rows under both keys at once"; }
+[ "$before" -gt 0 ] && [ "$after" -gt 0 ] || fatal "the reader saw only one side ($before before, $after after): proves nothing"
+[ "$(standby -c "SELECT readable FROM credential_verify('$NEW')")" = "$ROWS" ] || fatal "not every row opens with the new key on the standby"
 echo "ok: $total standby snapshots, $before all under the old key, $after all under the new key, none mixed"

@@ -7,9 +7,8 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${LIVE_ROWS:-50000}
 DB=credential_rotate_live
+source "$REPO_ROOT/tests/lib/cluster.sh"
 load_test_keys
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
-fail() { echo "FAILED: $*" >&2; exit 1; }
 
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 q <<SQL
@@ -43,7 +42,7 @@ sleep 2
 rotation_started=$(q -c "SELECT clock_timestamp()")
 q -c "SELECT format('rotation under load: scanned=%s updated=%s already_current=%s', scanned, updated, already_current)
         FROM credential_reencrypt('$OLD', '$NEW')"
-wait "$bench" || { cat "$script.out" >&2; fail "pgbench failed"; }
+wait "$bench" || { cat "$script.out" >&2; fatal "pgbench failed"; }
 grep -E "number of (transactions actually processed|failed)" "$script.out" || true
 
 q <<SQL
@@ -51,13 +50,13 @@ CREATE TABLE last_write AS
   SELECT DISTINCT ON (id) id, seq, at FROM writes ORDER BY id, seq DESC;
 SQL
 writes=$(q -c "SELECT count(*) FROM writes")
-[ "$writes" -gt 100 ] || fail "only $writes application writes: the test proves nothing"
+[ "$writes" -gt 100 ] || fatal "only $writes application writes: the test proves nothing"
 
 # No lost write: every written row holds the token of its last committed write.
 lost=$(q -c "SELECT count(*) FROM credential_profiles c JOIN last_write w USING (id)
               WHERE credential_decrypt(credential_reencrypt_value(c.secret, '$OLD', '$NEW'), '$NEW')
                     IS DISTINCT FROM format('{\"token\":\"w%s\"}', w.seq)")
-[ "$lost" = 0 ] || fail "$lost rows do not hold their last committed write"
+[ "$lost" = 0 ] || fatal "$lost rows do not hold their last committed write"
 
 # Rows still under the old key are exactly rows the application wrote after the rotation
 # began waiting for its lock; everything else opens with the new key.
@@ -66,13 +65,13 @@ stray=$(q -c "SELECT count(*) FROM credential_verify_rows('$NEW') r
                WHERE NOT EXISTS (SELECT 1 FROM last_write w
                                   WHERE '(id)=(' || w.id || ')' = r.primary_key
                                     AND w.at > '$rotation_started')")
-[ "$stray" = 0 ] || fail "$stray rows under the old key were not written after the rotation"
+[ "$stray" = 0 ] || fatal "$stray rows under the old key were not written after the rotation"
 malformed=$(q -c "SELECT malformed FROM credential_verify('$NEW')")
-[ "$malformed" = 0 ] || fail "$malformed malformed rows"
+[ "$malformed" = 0 ] || fatal "$malformed malformed rows"
 echo "ok: $writes application writes, none lost; $old_rows written after the rotation under the old key"
 
 # A re-run rotates exactly those.
 rerun=$(q -c "SELECT updated FROM credential_reencrypt('$OLD', '$NEW')")
-[ "$rerun" = "$old_rows" ] || fail "re-run rotated $rerun rows, expected $old_rows"
-[ "$(q -c "SELECT readable FROM credential_verify('$NEW')")" = "$ROWS" ] || fail "not every row opens with the new key"
+[ "$rerun" = "$old_rows" ] || fatal "re-run rotated $rerun rows, expected $old_rows"
+[ "$(q -c "SELECT readable FROM credential_verify('$NEW')")" = "$ROWS" ] || fatal "not every row opens with the new key"
 echo "ok: the re-run re-sealed the $rerun late writes; all $ROWS rows open with the new key"

@@ -17,8 +17,8 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${LOST_ROWS:-50000}
 DB=credential_rotate_lost
+source "$REPO_ROOT/tests/lib/cluster.sh"
 load_test_keys
-failures=0
 CLIENT=""
 RELAY=""
 cleanup() {
@@ -31,13 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$DB" "$@"; }
-fatal() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
-fingerprint() { q -c "SELECT md5(string_agg(id || '=' || secret::text, ',' ORDER BY id)) FROM credential_profiles"; }
-audit_mark() { q -c "SELECT coalesce(max(id), 0) FROM credential_rotate_audit"; }
 log_size() { stat -c %s "$CLUSTER_LOG"; }
 
 # Restart listening on 127.0.0.1 as well (the test cluster listens on its Unix socket only).
@@ -46,18 +39,8 @@ TCP_ON=1
 sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR/data" -l "$CLUSTER_LOG" -w -t 600 \
     -o "$CLUSTER_OPTS -c listen_addresses=127.0.0.1" start >/dev/null
 
-psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
-q <<SQL
-CREATE EXTENSION credential_rotate;
-\\ir $(cd "$(dirname "$0")" && pwd)/freeboard/credential_profiles.sql
-INSERT INTO credential_profiles (id, name, type, secret)
-  SELECT 'cp-' || lpad(i::text, 7, '0'), 'profile ' || i, 'bearer',
-         CASE WHEN i % 100 = 0 THEN '{}'::jsonb
-              ELSE credential_encrypt(format('{"token":"%s"}', md5(i::text)), '$OLD') END
-    FROM generate_series(1, $ROWS) i;
-VACUUM ANALYZE credential_profiles;
-SQL
-SEALED=$(q -c "SELECT count(*) FROM credential_profiles WHERE secret <> '{}'")
+fresh_database
+seed_profiles "$ROWS"
 echo "seeded $ROWS rows ($SEALED sealed)"
 FROM=$OLD
 TO=$NEW
@@ -66,6 +49,9 @@ TO=$NEW
 # client: killing it closes both of its sockets, as a network failure reported by the peer.
 relay_start() {
     mkdir -p "$CLUSTER_DIR/relay"
+    # The previous case's relay left its socket file: gone before the new one binds, so that
+    # the wait below sees the new relay's.
+    rm -f "$CLUSTER_DIR/relay/.s.PGSQL.$PGPORT"
     cat >"$CLUSTER_DIR/relay.py" <<'PY'
 import os, socket, sys, threading
 listen, target = sys.argv[1], sys.argv[2]
