@@ -31,7 +31,7 @@ install_extension release
 log "building credential-rotate (release)"
 cargo build --quiet --release -p credential-rotate-cli
 [ -d examples/node_modules/pg ] ||
-    (cd examples && npm install --no-package-lock --no-audit --no-fund --silent)
+    (cd examples && npm ci --no-audit --no-fund --silent)
 cluster_start "$PORT" "-c max_wal_size=8GB -c checkpoint_timeout=1h -c listen_addresses=127.0.0.1"
 createdb bench
 export PGDATABASE=bench

@@ -31,7 +31,7 @@ PORT=${CREDENTIAL_ROTATE_BENCH_PORT:-54793}
 ensure_deps "$PG_MAJOR"
 install_extension release
 [ -d examples/node_modules/pg ] ||
-    (cd examples && npm install --no-package-lock --no-audit --no-fund --silent)
+    (cd examples && npm ci --no-audit --no-fund --silent)
 # Checkpoints are spread out so that they do not land on one side of the comparison only.
 cluster_start "$PORT" "-c max_wal_size=8GB -c checkpoint_timeout=1h -c listen_addresses=127.0.0.1"
 createdb bench

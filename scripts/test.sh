@@ -98,7 +98,7 @@ isolation() {
 node_interop() {
     # The migration example's one dependency (node-postgres), for its test.
     [ -d examples/node_modules/pg ] ||
-        (cd examples && npm install --no-package-lock --no-audit --no-fund --silent) &&
+        (cd examples && npm ci --no-audit --no-fund --silent) &&
         node --test tests/node/*.test.mjs
 }
 
@@ -142,7 +142,6 @@ ensure_deps "${VERSIONS[@]}" || exit 1
 stage "cargo fmt and clippy" lint
 stage "unit tests of the plain-Rust crates (crates/core, crates/cli)" unit_tests
 stage "build the credential-rotate program" build_cli
-stage "the grant block of docs/security.md is the one the privileges test runs" bash tests/doc_grants.sh
 
 # On every version in PG_VERSIONS. Stage names start with "pgNN:".
 for version in "${VERSIONS[@]}"; do
@@ -152,6 +151,8 @@ for version in "${VERSIONS[@]}"; do
     start_test_cluster || continue
     stage "pg$version: pg_regress suite" regress
     stage "pg$version: isolation tests" isolation
+    stage "pg$version: the grant block of docs/security.md, then docs/runbook.md and the migration script as that role" \
+        bash tests/doc_grants.sh
     stage "pg$version: Node.js interop tests" node_interop
     stage "pg$version: server log hygiene" log_hygiene
     stage "pg$version: credential-rotate: client and extension modes, faults, TLS and SCRAM" cli_tests

@@ -1,19 +1,73 @@
 #!/usr/bin/env bash
-# The grant block of docs/security.md is the one the privileges test runs: its GRANT EXECUTE statements,
-# with the role renamed, must appear in tests/pg_regress/sql/03_privileges.sql as written
-# (comments and blank space aside). A grant added to one and not the other fails here.
+# The documents work as written for a rotation role: the grant block of docs/security.md runs as
+# written (twice, and whole under psql -1), then a login role holding only credential_rotator
+# runs every SQL block of docs/runbook.md, in order, in one psql session (its key files made
+# here in place of the secret store's), and the migration script with several old keys.
+# Needs the test cluster of scripts/test.sh (PG* variables).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-normalise() { sed -e 's/--.*$//' -e 's/[[:space:]]\+/ /g' -e 's/^ //' -e 's/ $//' | tr '\n' ' ' | sed 's/  */ /g'; }
-block=$(awk '/^CREATE ROLE credential_rotator NOLOGIN;/{on=1} on{print} /^GRANT credential_rotator TO alice;/{exit}' docs/security.md)
-[ -n "$block" ] || { echo "FAILED: no grant block in docs/security.md" >&2; exit 1; }
-grants=$(awk '/^GRANT EXECUTE/{on=1} on{print} on && /;/{on=0}' <<<"$block" | sed 's/credential_rotator/rotator/g' | normalise)
-[ -n "$grants" ] || { echo "FAILED: the block in docs/security.md grants no EXECUTE" >&2; exit 1; }
-tested=$(normalise < tests/pg_regress/sql/03_privileges.sql)
-if [[ "$tested" == *"$grants"* ]]; then
-    echo "ok: the grant block of docs/security.md is the one tests/pg_regress/sql/03_privileges.sql runs"
+source "$(dirname "$0")/../scripts/lib.sh"
+DB=credential_rotate_docs
+source "$REPO_ROOT/tests/lib/cluster.sh"
+load_test_keys
+SCRATCH=$(mktemp -d /tmp/credential_rotate-docs.XXXXXX)
+chmod 755 "$SCRATCH"
+trap 'rm -rf "$SCRATCH"' EXIT
+
+# The fenced ```sql block of docs/security.md that creates credential_rotator.
+awk '/^```sql$/{on=1; block=""; next} on && /^```$/{on=0; if (block ~ /CREATE ROLE credential_rotator/) print block; next}
+     on{block = block $0 "\n"}' docs/security.md >"$SCRATCH/grants.sql"
+[ -s "$SCRATCH/grants.sql" ] || fatal "no grant block (CREATE ROLE credential_rotator) in docs/security.md"
+# Every fenced ```sql block of docs/runbook.md, in order, as one session.
+awk '/^ *```sql$/{on=1; next} on && /^ *```$/{on=0; print ""; next} on{sub(/^   /, ""); print}' \
+    docs/runbook.md >"$SCRATCH/runbook.sql"
+[ -s "$SCRATCH/runbook.sql" ] || fatal "no SQL block in docs/runbook.md"
+
+fresh_database
+seed_profiles 300
+# A tenth of the rows under an older key, as an interrupted earlier rotation leaves them.
+OLDER=$(q -c "SELECT credential_generate_key()")
+q -c "UPDATE credential_profiles SET secret = credential_reencrypt_value(secret, '$OLD', '$OLDER')
+       WHERE id LIKE '%1'"
+q -c "DROP ROLE IF EXISTS runbook_dba" -c "DROP ROLE IF EXISTS credential_rotator" 2>/dev/null || true
+
+# The block as written, twice (a DBA runs it again on the next rotation), whole under psql -1.
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -1 -f "$SCRATCH/grants.sql" ||
+    fatal "the grant block of docs/security.md fails under psql -1"
+psql -X -q -v ON_ERROR_STOP=1 -d "$DB" -1 -f "$SCRATCH/grants.sql" ||
+    fatal "the grant block of docs/security.md fails when run a second time"
+q -c "CREATE ROLE runbook_dba LOGIN IN ROLE credential_rotator"
+ok "the grant block of docs/security.md runs as written, twice, under psql -1"
+
+# The secret store: one key per file, as the runbook reads them.
+NEW_FILE_KEY=$(q -c "SELECT credential_generate_key()")
+mkdir -p "$SCRATCH/secrets"
+printf '%s\n' "$OLD" >"$SCRATCH/secrets/credential_key_old"
+printf '%s\n' "$NEW_FILE_KEY" >"$SCRATCH/secrets/credential_key_new"
+printf '%s\n' "$OLDER" >"$SCRATCH/secrets/credential_key_older"
+chmod 644 "$SCRATCH"/secrets/*
+sed -i "s|/run/secrets/|$SCRATCH/secrets/|g" "$SCRATCH/runbook.sql"
+
+if psql -X -q -v ON_ERROR_STOP=1 -U runbook_dba -d "$DB" -f "$SCRATCH/runbook.sql" \
+    >"$SCRATCH/runbook.out" 2>&1; then
+    ok "every SQL block of docs/runbook.md runs as runbook_dba, who holds only credential_rotator"
 else
-    echo "FAILED: the GRANT EXECUTE statements of docs/security.md are not the ones 03_privileges.sql runs:" >&2
-    echo "$grants" >&2
-    exit 1
+    failed "docs/runbook.md as runbook_dba: $(grep -m1 -B2 ERROR "$SCRATCH/runbook.out" | sed "s|$OLD|<old>|g; s|$NEW_FILE_KEY|<new>|g; s|$OLDER|<older>|g")"
 fi
+
+# The migration script, as the same role, from two old keys to a third.
+(cd examples && { [ -d node_modules/pg ] || npm ci --no-audit --no-fund --silent; }) ||
+    fatal "npm ci in examples/"
+LAST=$(q -c "SELECT credential_generate_key()")
+current=$(q -c "SELECT CASE WHEN readable > 0 THEN 'file' ELSE 'old' END FROM credential_verify('$NEW_FILE_KEY')")
+from=$([ "$current" = file ] && echo "$NEW_FILE_KEY" || echo "$OLD")
+if out=$(DATABASE_URL="postgresql:///$DB?host=$PGHOST&port=$PGPORT&user=runbook_dba" \
+    CREDENTIAL_ENCRYPTION_KEY_OLD="$from,$OLDER" CREDENTIAL_ENCRYPTION_KEY_NEW="$LAST" \
+    node examples/rotate-credentials.mjs 2>&1); then
+    ok "the migration script with two old keys, as runbook_dba: ${out%%$'\n'*}"
+else
+    failed "the migration script as runbook_dba: $out"
+fi
+[ "$(q -c "SELECT not_readable + malformed FROM credential_verify('$LAST')")" = 0 ] ||
+    failed "after the migration script some rows do not open with its new key"
+
+[ "$failures" -eq 0 ]
