@@ -250,7 +250,7 @@ pub fn creating_extension() -> bool {
     unsafe { pg_sys::creating_extension }
 }
 
-fn active_portal_text() -> *const c_char {
+pub fn active_portal_text() -> *const c_char {
     // SAFETY: ActivePortal is NULL or the live portal being run.
     unsafe {
         let portal = pg_sys::ActivePortal;

@@ -14,8 +14,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pgrx::pg_sys;
 
 use super::buffers::{
-    bytes_mut, client_statement_plan, cover_client_statement, cover_text, creating_extension,
-    debug_query_string, mark_preloaded, standard_strings, statement_is_marked,
+    active_portal_text, bytes_mut, client_statement_plan, cover_client_statement, cover_text,
+    creating_extension, debug_query_string, mark_preloaded, standard_strings, statement_is_marked,
     with_statement_secrets,
 };
 use super::lines::{self, AuditRule};
@@ -148,12 +148,21 @@ unsafe extern "C-unwind" fn post_parse_analyze(
     }
 }
 
+/// At executor or utility start: the client statement's text and the portal's copy of it
+/// (the extended protocol's). A statement a function runs (SPI) was masked at its parse
+/// analysis; checking it again at every execution of a statement in a PL/pgSQL loop would
+/// cost time for the one case it adds: the saved copy of a statement of a function's body
+/// with a key written into it, which the function's catalog entry shows anyway.
+fn cover_client_copy(text: *const c_char) {
+    cover_client_statement();
+    if text == active_portal_text() {
+        cover_text(text);
+    }
+}
+
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
-    best_effort(|| {
-        // SAFETY: Postgres passes the query about to start.
-        cover_text(unsafe { (*query_desc).sourceText });
-        cover_client_statement();
-    });
+    // SAFETY: Postgres passes the query about to start.
+    best_effort(|| cover_client_copy(unsafe { (*query_desc).sourceText }));
     // SAFETY: as for post_parse_analyze.
     unsafe {
         match PREVIOUS_EXECUTOR_START {
@@ -174,10 +183,7 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    best_effort(|| {
-        cover_text(query_string);
-        cover_client_statement();
-    });
+    best_effort(|| cover_client_copy(query_string));
     // SAFETY: as for post_parse_analyze.
     unsafe {
         match PREVIOUS_PROCESS_UTILITY {
