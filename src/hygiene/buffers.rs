@@ -217,7 +217,11 @@ pub fn cover_client_statement() -> Option<Fresh> {
             });
         }
     });
-    let plan = plan.filter(|p| !p.ranges.is_empty() && !creating_extension())?;
+    let mut plan = plan?;
+    plan.ranges.retain(|r| still_unmasked(text, r));
+    if plan.ranges.is_empty() || creating_extension() {
+        return None;
+    }
     let original = Zeroizing::new(text.to_vec());
     remember_secrets(text, &plan.ranges);
     mask_in_place(text, &plan.ranges, true);
@@ -235,12 +239,20 @@ pub fn cover_text(text_ptr: *const c_char) {
     let Some(text) = (unsafe { bytes_mut(text_ptr) }) else {
         return;
     };
-    if let Some(plan) = mask::plan(text, standard_strings()) {
+    if let Some(mut plan) = mask::plan(text, standard_strings()) {
+        plan.ranges.retain(|r| still_unmasked(text, r));
         if !plan.ranges.is_empty() && !creating_extension() {
             remember_secrets(text, &plan.ranges);
             mask_in_place(text, &plan.ranges, false);
         }
     }
+}
+
+/// Whether `range` of `text` is not all `*` yet: a text masked before (a parallel worker's
+/// copy, a cached statement executed again) is not written again.
+fn still_unmasked(text: &[u8], range: &Range<usize>) -> bool {
+    text.get(range.clone())
+        .is_some_and(|bytes| bytes.iter().any(|&b| b != b'*'))
 }
 
 /// An extension script passes no DBA's keys, and its text is parsed again as it runs on
