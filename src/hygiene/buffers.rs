@@ -53,9 +53,16 @@ thread_local! {
     static WARNED: Cell<bool> = const { Cell::new(false) };
 }
 
+unsafe extern "C" {
+    // Returns a backend-local variable and cannot raise: called without pgrx's FFI guard (a
+    // sigsetjmp per call), as it runs several times for every statement.
+    #[link_name = "GetCurrentStatementStartTimestamp"]
+    fn current_statement_start() -> pg_sys::TimestampTz;
+}
+
 pub fn statement_start() -> pg_sys::TimestampTz {
-    // SAFETY: reads a backend-local timestamp; valid at any time.
-    unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
+    // SAFETY: see the declaration.
+    unsafe { current_statement_start() }
 }
 
 pub fn standard_strings() -> bool {

@@ -50,6 +50,13 @@ fn every_key_taking_function_is_named_in_any_spelling() {
 }
 
 #[test]
+fn every_name_holds_the_part_the_quick_check_looks_for() {
+    for f in KEY_TAKING {
+        assert!(f.name.contains("credential"), "{}", f.name);
+    }
+}
+
+#[test]
 fn application_queries_and_other_names_are_not_matched() {
     for text in [
         "SELECT * FROM credential_profiles WHERE id = (1/0)::text",
