@@ -87,14 +87,16 @@ ensure_pg_tree() {
 }
 
 # Installs what a fresh Debian 12 machine lacks, skipping what is already there: Debian's
-# PostgreSQL 15, the wheel trees of the other versions in $@ (default: every supported one),
-# cargo-pgrx, cargo-fuzz, the Debian packaging tools (dpkg-dev, lintian), PGXN's META.json
-# validator pgxn_meta, and cargo-pgrx's config for each of those versions.
+# PostgreSQL 15 and its pgaudit (tests/log_exposure.sh), the wheel trees of the other versions
+# in $@ (default: every supported one), cargo-pgrx, cargo-fuzz, the Debian packaging tools
+# (dpkg-dev, lintian), PGXN's META.json validator pgxn_meta, and cargo-pgrx's config for each
+# of those versions.
 ensure_deps() {
     local versions=("$@") missing=() init=() major pg_config
     [ ${#versions[@]} -gt 0 ] || read -ra versions <<<"$PG_SUPPORTED"
     # dpkg-dev, lintian: the Debian packages (tests/deb.sh); openssl: the test CA of tests/cli_tls.sh.
-    for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip dpkg-dev lintian openssl; do
+    for pkg in postgresql-15 postgresql-server-dev-15 postgresql-15-pgaudit libclang-dev clang sudo \
+        python3-pip dpkg-dev lintian openssl; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of credential_rotate on a fresh Debian 12 machine (installing what is
 # missing). On every supported PostgreSQL version: the Rust unit tests and #[pg_test]s, the
-# pg_regress suite, the isolation tests, the Node.js interop tests and the server-log hygiene
-# check. Once: formatting and lints, fuzzing, on PostgreSQL 15 the faults, live writes, hot
-# standby and upgrade tests (docs/development.md says why), and the release artifacts of every
-# version: built once, then the PGXN metadata, the tarballs, the Debian packages and a
-# pg_upgrade from 16 to 17 with them.
+# pg_regress suite, the isolation tests, the Node.js interop tests, the server-log hygiene
+# check, the key exposure check (logs, pg_stat_statements, pg_stat_activity) and the
+# credential-rotate program. Once: formatting and lints, fuzzing, on PostgreSQL 15 the faults,
+# live writes, hot standby and upgrade tests (docs/development.md says why), and the release
+# artifacts of every version: built once, then the PGXN metadata, the tarballs, the Debian
+# packages and a pg_upgrade from 16 to 17 with them.
 #   PG_VERSIONS="15 17" scripts/test.sh     narrows the run (default: all of 15 16 17 18);
 #                                           the PostgreSQL 15 once-only stages run when 15 is in
 set -uo pipefail
@@ -107,6 +108,12 @@ log_hygiene() {
     bash tests/log_hygiene.sh "$CLUSTER_LOG"
 }
 
+# Every setting that records statement text, on a cluster of its own (port PORT + 3) with
+# pg_stat_statements, auto_explain and (on 15) pgaudit preloaded.
+log_exposure() {
+    bash tests/log_exposure.sh
+}
+
 # The pure core under libFuzzer, FUZZ_SECONDS (default 30) per target: the envelope parser,
 # opener and key parser (envelope), the jsonb layout reader and splice (container), and the
 # re-seal of a stored envelope from the old key to the new one (rotate). Longer
@@ -156,6 +163,7 @@ for version in "${VERSIONS[@]}"; do
     stage "pg$version: Node.js interop tests" node_interop
     stage "pg$version: server log hygiene" log_hygiene
     stage "pg$version: credential-rotate: client and extension modes, faults, TLS and SCRAM" cli_tests
+    stage "pg$version: no key in logs, pg_stat_statements, pg_stat_activity, crash or deadlock lines" log_exposure
     cluster_stop
 done
 

@@ -12,6 +12,8 @@ use crate::key::{Key, KeyError};
 /// database encoding, since pgrx's `&str` would refuse (or, in arrays, not check) the bytes of
 /// a non-UTF-8 database. A key that does not convert is not base64 either.
 fn parse_key_text(text: &DbText) -> Result<Key, KeyError> {
+    // Every key argument passes here: its text is masked wherever the statement shows it.
+    crate::hygiene::saw_key(text.bytes());
     let utf8 = text.to_utf8("a key").map_err(|_| KeyError::NotBase64)?;
     let utf8 = Zeroizing::new(utf8.into_owned());
     Key::parse(&utf8)

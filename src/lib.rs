@@ -24,7 +24,7 @@
 //! - [`jsonb`]: a jsonb datum fed to [`container`], and written back.
 //! - [`encoding`]: text between the database encoding and the UTF-8 of every plaintext.
 //! - [`error`]: the one error type and its SQLSTATEs.
-//! - [`hygiene`]: keeping keys out of the server log.
+//! - [`hygiene`]: masking keys in statement text (logs, `pg_stat_activity`, statistics).
 
 use pgrx::prelude::*;
 

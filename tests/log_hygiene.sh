@@ -151,9 +151,10 @@ start_rotation() {
     ROT_PID=$!
     BACKEND=""
     for _ in $(seq 200); do
+        # pg_stat_activity shows the call with its keys masked.
         BACKEND=$(q -c "SELECT pid FROM pg_stat_activity
             WHERE datname = current_database() AND pid <> pg_backend_pid()
-              AND state = 'active' AND query = \$q\$$1\$q\$" || true)
+              AND state = 'active' AND query LIKE '%credential_reencrypt(''*%'" || true)
         [ -n "$BACKEND" ] && return 0
         sleep 0.05
     done
