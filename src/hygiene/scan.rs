@@ -101,7 +101,8 @@ pub fn tokens(text: &[u8], standard_strings: bool) -> Vec<Token> {
 }
 
 /// Where the string constant ending at `end` (just after its closing quote) continues, if
-/// it does: the position of the continuing quote.
+/// it does: the position of the continuing quote. For the check against Postgres' scanner.
+#[cfg(any(test, feature = "pg_test"))]
 pub fn continuation(text: &[u8], end: usize) -> Option<usize> {
     Lexer {
         text,

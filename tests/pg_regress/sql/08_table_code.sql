@@ -27,7 +27,8 @@ SELECT count(*) AS statements_recorded FROM captured;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'app_profiles', dry_run => true);
 SELECT * FROM credential_verify(:'old_key', 'app_profiles');
 SELECT count(*) AS statements_recorded FROM captured;
--- What the refusal prevents: accepting the code lets it read both keys.
+-- Accepted, the code runs with the caller's rights; what it reads of the statement has the
+-- keys masked.
 SET LOCAL credential_rotate.trust_table_code = on;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'app_profiles');
 SELECT count(*) AS statements_recorded,
