@@ -87,8 +87,10 @@ fn credential_decrypt_text(envelope: Option<DbText>, key: Option<DbText>) -> Opt
 }
 
 /// Checks a pair of rotation keys (SQLSTATE 22023 naming the argument) and marks the statement
-/// as one whose text holds keys. For callers written in SQL, before they do anything else.
-/// VOLATILE: marking the statement is a side effect the planner must not fold away or skip.
+/// as one whose text holds keys. For the one-key batched procedure, before anything else, so
+/// that its errors name `old_key` and `new_key`. VOLATILE: it is called for these effects,
+/// which must happen when the procedure runs it (an IMMUTABLE function with constant arguments
+/// may be run once, at planning, or not at all).
 #[pg_extern(volatile, parallel_safe, schema = "credential_rotate")]
 fn _credential_check_keys(old_key: Option<DbText>, new_key: Option<DbText>) -> bool {
     hygiene::mark_statement();

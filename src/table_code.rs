@@ -273,6 +273,21 @@ refused(what) AS (
        AND t.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND t.typowner OPERATOR(pg_catalog.<>) $2
        AND o.typed
   UNION
+    -- A range type's subtype_diff runs in the GiST indexes on its columns; Postgres keeps it in
+    -- its type cache, where the hook may not see it looked up again.
+    SELECT pg_catalog.format('column %I of %s (range type %s, subtype_diff %s, owned by %I)',
+                             a.attname, a.attrelid::pg_catalog.regclass, rt.oid::pg_catalog.regtype,
+                             p.oid::pg_catalog.regprocedure, pg_catalog.pg_get_userbyid(p.proowner))
+      FROM pg_catalog.pg_attribute a JOIN rels r ON a.attrelid OPERATOR(pg_catalog.=) r.oid
+      JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+      JOIN pg_catalog.pg_type rt ON rt.oid OPERATOR(pg_catalog.=) ANY (ARRAY[t.oid, t.typbasetype])
+      JOIN pg_catalog.pg_range rg
+        ON rt.oid OPERATOR(pg_catalog.=) ANY (ARRAY[rg.rngtypid, rg.rngmultitypid])
+      JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) rg.rngsubdiff::pg_catalog.oid
+     WHERE a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped
+       AND p.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid AND p.proowner OPERATOR(pg_catalog.<>) $2
+       AND p.oid OPERATOR(pg_catalog.<>) ALL (SELECT objid FROM extension_functions)
+  UNION
     SELECT pg_catalog.format('%s (deferred to COMMIT, after the rotation checks what it wrote)', t.what)
       FROM triggers t WHERE t.tgdeferrable
   UNION

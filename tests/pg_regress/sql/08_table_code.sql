@@ -55,6 +55,7 @@ GRANT INSERT ON mallory_log TO PUBLIC;
 -- Her tables, with the DBA's rows in them before she plants anything.
 CREATE TABLE m_check (LIKE credential_profiles INCLUDING ALL);
 CREATE TABLE m_when (LIKE credential_profiles INCLUDING ALL);
+CREATE TABLE m_range (LIKE credential_profiles INCLUDING ALL);
 CREATE TABLE m_parts (id text, secret jsonb, PRIMARY KEY (id, secret)) PARTITION BY HASH (secret);
 CREATE TABLE m_parts_0 PARTITION OF m_parts FOR VALUES WITH (MODULUS 2, REMAINDER 0);
 CREATE TABLE m_parts_1 PARTITION OF m_parts FOR VALUES WITH (MODULUS 2, REMAINDER 1);
@@ -62,11 +63,13 @@ CREATE TABLE m_fk (LIKE credential_profiles INCLUDING ALL, UNIQUE (secret));
 CREATE TABLE m_fk_copy (secret jsonb);
 INSERT INTO m_check (id, name, secret) SELECT 'c-' || i, 'n' || i, credential_encrypt('{"t":1}', :'old_key') FROM generate_series(1, 3) i;
 INSERT INTO m_when (id, name, secret) SELECT 'w-' || i, 'n' || i, credential_encrypt('{"t":1}', :'old_key') FROM generate_series(1, 3) i;
+INSERT INTO m_range (id, name, secret) SELECT 'r-' || i, 'n' || i, credential_encrypt('{"t":1}', :'old_key') FROM generate_series(1, 3) i;
 INSERT INTO m_parts SELECT 'p-' || i, credential_encrypt('{"t":1}', :'old_key') FROM generate_series(1, 6) i;
 INSERT INTO m_fk (id, name, secret) SELECT 'f-' || i, 'n' || i, credential_encrypt('{"t":1}', :'old_key') FROM generate_series(1, 3) i;
 INSERT INTO m_fk_copy SELECT secret FROM m_fk;
 ALTER TABLE m_check OWNER TO mallory;
 ALTER TABLE m_when OWNER TO mallory;
+ALTER TABLE m_range OWNER TO mallory;
 ALTER TABLE m_parts OWNER TO mallory;
 ALTER TABLE m_parts_0 OWNER TO mallory;
 ALTER TABLE m_parts_1 OWNER TO mallory;
@@ -103,7 +106,13 @@ CREATE FUNCTION mallory.pid_text(mallory.pid) RETURNS text LANGUAGE plpgsql AS $
 BEGIN PERFORM mallory.steal('cast'); RETURN $1.v; END $$;
 CREATE CAST (mallory.pid AS text) WITH FUNCTION mallory.pid_text(mallory.pid) AS ASSIGNMENT;
 CREATE TABLE public.m_pid (id mallory.pid PRIMARY KEY, secret jsonb);
--- 6. A function of hers that the DBA's own trigger calls: no catalog shows it, the call does.
+-- 6. A range type of hers, whose subtype_diff runs in a GiST index on a column of it.
+CREATE FUNCTION mallory.diff(a float8, b float8) RETURNS float8 LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN PERFORM set_config('mallory.seen', pg_catalog.current_query(), false); RETURN a - b; END $$;
+CREATE TYPE mallory.span AS RANGE (SUBTYPE = float8, SUBTYPE_DIFF = mallory.diff);
+ALTER TABLE m_range ADD COLUMN span mallory.span;
+CREATE INDEX m_range_span ON m_range USING gist (span);
+-- 7. A function of hers that the DBA's own trigger calls: no catalog shows it, the call does.
 CREATE FUNCTION public.helper() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN PERFORM mallory.steal('helper'); END $$;
 RESET ROLE;
@@ -122,6 +131,8 @@ SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_check');
 ROLLBACK TO s;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_when');
 ROLLBACK TO s;
+SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_range');
+ROLLBACK TO s;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_parts');
 ROLLBACK TO s;
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_fk');
@@ -133,6 +144,7 @@ SELECT * FROM credential_verify_rows(:'old_key', 'm_pid');
 SELECT * FROM credential_reencrypt(:'old_key', :'new_key', 'm_helper');
 ROLLBACK TO s;
 SELECT count(*) AS mallory_code_ran FROM mallory_log;
+SELECT current_setting('mallory.seen', true) IS NULL AS subtype_diff_saw_nothing;
 SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'mallory';
 SELECT * FROM credential_verify(:'old_key', 'm_parts');
 ROLLBACK;
