@@ -99,7 +99,7 @@ CREATE TABLE trusted_profiles (LIKE credential_profiles INCLUDING ALL);
 INSERT INTO trusted_profiles SELECT * FROM credential_profiles LIMIT 5;
 ALTER TABLE trusted_profiles OWNER TO $APP;
 CREATE FUNCTION record_statement() RETURNS trigger LANGUAGE plpgsql AS \$\$
-BEGIN INSERT INTO captured VALUES (current_query()); RETURN NEW; END \$\$;
+BEGIN INSERT INTO public.captured VALUES (pg_catalog.current_query()); RETURN NEW; END \$\$;
 ALTER FUNCTION record_statement() OWNER TO $APP;
 CREATE TRIGGER record BEFORE UPDATE ON trusted_profiles FOR EACH ROW EXECUTE FUNCTION record_statement();
 SQL
@@ -205,7 +205,7 @@ if $pgaudit; then
     expect_logged "FUNCTION,public.credential_reencrypt_batched,\"CALL credential_reencrypt_batched('$K', '$K', batch_rows => 400)\"" \
         "the batched rotation's audit row, masked"
     # Inside the procedure, its variables are the parameters of its statements.
-    expect_logged "\"SELECT public._credential_check_keys(old_key, new_key)\",\"$K,$K," \
+    expect_logged "\"SELECT credential_rotate._credential_check_keys(old_key, new_key)\",\"$K,$K," \
         "the procedure's key check, parameters masked"
     end_case
 else
