@@ -18,6 +18,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/bench-lib.sh"
 cd "$REPO_ROOT"
 ROWS=${1:-100000}
 ROUNDS=${2:-5}
@@ -40,35 +41,6 @@ KEY_1=$(node scripts/freeboard.mjs keygen)
 KEY_2=$(node scripts/freeboard.mjs keygen)
 RESULT=$CLUSTER_DIR/bench-result
 
-bench_fail() {
-    printf '\nbench-cli.sh: FAILED: %s\n' "$*" >&2
-    exit 1
-}
-check_run() {
-    [ "$2" -eq 0 ] || bench_fail "$1 exited with status $2: $(tail -n 3 "$RESULT.err" 2>/dev/null)"
-    [ "$3" = "$4" ] || bench_fail "$1 returned '$3', expected '$4'"
-}
-
-# $1: table, $2: rows. Freeboard's DDL and seed (no extension needed). Sets SEALED and EMPTY.
-create_table() {
-    local counts
-    psql -X -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS $1" \
-        -c "$(sed "s/TABLE credential_profiles/TABLE $1/" tests/freeboard/credential_profiles.sql)"
-    CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$2" |
-        sed "1s/^COPY credential_profiles /COPY $1 /" | psql -X -q -v ON_ERROR_STOP=1
-    psql -X -q -c "VACUUM (ANALYZE) $1"
-    counts=$(psql -X -At -v ON_ERROR_STOP=1 \
-        -c "SELECT count(*), count(*) FILTER (WHERE secret = '{}'::jsonb) FROM $1")
-    [ "${counts%%|*}" = "$2" ] || bench_fail "seeding $1 gave ${counts%%|*} rows, not $2"
-    EMPTY=${counts#*|}
-    SEALED=$(($2 - EMPTY))
-}
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-settle() { psql -X -q -c "VACUUM $1" -c "CHECKPOINT"; }
-
 # The program from the runbook's environment, its summary line into RESULT.
 program() {
     local old=$1 new=$2
@@ -80,19 +52,21 @@ program() {
 # $1: which (extension, client, program-ext), $2 old key, $3 new key. Timed, checked,
 # settled; time into ELAPSED.
 timed() {
-    local t0 t1 status=0 expected="scanned=$ROWS updated=$SEALED already_current=0 empty=$EMPTY"
+    local t0 t1 status=0 detail='' expected="scanned=$ROWS updated=$SEALED already_current=0 empty=$EMPTY"
     t0=$(now)
     case $1 in
     extension)
-        psql -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 \
-            -c "SELECT format('scanned=%s updated=%s already_current=%s empty=%s', scanned, updated, already_current, empty)
-                  FROM credential_reencrypt('$2', '$3')" >"$RESULT" 2>"$RESULT.err" || status=$?
+        psql -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 >"$RESULT" 2>"$RESULT.err" <<<"
+            SELECT format('scanned=%s updated=%s already_current=%s empty=%s', scanned, updated, already_current, empty)
+              FROM credential_reencrypt('$2', '$3')" || status=$?
         ;;
     client) program "$2" "$3" --mode client || status=$? ; expected+=" mode=client" ;;
     program-ext) program "$2" "$3" --mode extension || status=$? ; expected+=" mode=extension" ;;
     esac
     t1=$(now)
-    check_run "$1" "$status" "$(cat "$RESULT")" "$expected"
+    # The program's stderr never holds a key; psql's can quote the statement.
+    [ "$1" = extension ] || detail=$(tail -n 3 "$RESULT.err")
+    check_run "$1" "$status" "$(cat "$RESULT")" "$expected" "$detail"
     settle credential_profiles
     ELAPSED=$(elapsed "$t0" "$t1")
 }
@@ -110,7 +84,6 @@ seed_script() {
 }
 
 log "seeding $ROWS rows, and $CLIENT_ROWS rows for the seed script"
-psql -X -q -c "CREATE EXTENSION credential_rotate"
 create_table credential_profiles_client "$CLIENT_ROWS"
 create_table credential_profiles "$ROWS"
 ext_times=()
@@ -148,7 +121,8 @@ peak_memory() {
         CREDENTIAL_ENCRYPTION_KEY_NEW="$KEY_2" /usr/bin/time -f '%M' -o "$RESULT.mem" \
         "$BIN" --quiet --mode client >"$RESULT" 2>"$RESULT.err" || status=$?
     check_run "client mode at $rows rows (memory run)" "$status" "$(cat "$RESULT")" \
-        "scanned=$rows updated=$SEALED already_current=0 empty=$EMPTY mode=client"
+        "scanned=$rows updated=$SEALED already_current=0 empty=$EMPTY mode=client" \
+        "$(tail -n 3 "$RESULT.err")"
     tail -n 1 "$RESULT.mem"
 }
 log "program peak memory at $ROWS and $BIG_ROWS rows"

@@ -21,6 +21,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/bench-lib.sh"
 cd "$REPO_ROOT"
 ROWS=${1:-100000}
 ROUNDS=${2:-9}
@@ -41,52 +42,13 @@ KEY_2=$(node scripts/freeboard.mjs keygen)
 # What a measured run printed; removed with the cluster.
 RESULT=$CLUSTER_DIR/bench-result
 
-# Never echoes the statement: the rotation's holds both keys.
-bench_fail() {
-    printf '\nbench.sh: FAILED: %s\n' "$*" >&2
-    exit 1
-}
-
-# $1: what ran, $2: its exit status, $3: what it printed, $4: what it must print.
-check_run() {
-    [ "$2" -eq 0 ] || bench_fail "$1 exited with status $2"
-    [ "$3" = "$4" ] || bench_fail "$1 returned '$3', expected '$4'"
-}
-
-# $1: table name, $2: rows. Freeboard's DDL and seed, under the given name. Sets SEALED and
-# EMPTY: how many rows hold an envelope and how many '{}'.
-create_table() {
-    local counts
-    psql -X -q -v ON_ERROR_STOP=1 -c "CREATE EXTENSION IF NOT EXISTS credential_rotate" \
-        -c "DROP TABLE IF EXISTS $1" \
-        -c "$(sed "s/TABLE credential_profiles/TABLE $1/" tests/freeboard/credential_profiles.sql)"
-    CREDENTIAL_ENCRYPTION_KEY=$KEY_1 node scripts/freeboard.mjs seed "$2" |
-        sed "1s/^COPY credential_profiles /COPY $1 /" | psql -X -q -v ON_ERROR_STOP=1
-    psql -X -q -c "VACUUM (ANALYZE) $1"
-    counts=$(psql -X -At -v ON_ERROR_STOP=1 \
-        -c "SELECT count(*), count(*) FILTER (WHERE secret = '{}'::jsonb) FROM $1")
-    [ "${counts%%|*}" = "$2" ] || bench_fail "seeding $1 gave ${counts%%|*} rows, not $2"
-    EMPTY=${counts#*|}
-    SEALED=$(($2 - EMPTY))
-}
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-# Untimed, after every timed run: vacuum the table, then write every dirty buffer out, so
-# that no run starts while the previous one's writes are still being flushed.
-settle() {
-    psql -X -q -c "VACUUM $1" -c "CHECKPOINT"
-}
-
 # One timed statement on the main table, which is then settled; its time into ELAPSED.
 # $1: its name in messages, $2: the statement, $3: what it must print (psql -At, command tags
 # included).
 timed() {
     local t0 t1 status=0
     t0=$(now)
-    psql -X -At -v ON_ERROR_STOP=1 -c "$2" >"$RESULT" || status=$?
+    psql -X -At -v ON_ERROR_STOP=1 <<<"$2" >"$RESULT" || status=$?
     t1=$(now)
     check_run "$1" "$status" "$(cat "$RESULT")" "$3"
     settle credential_profiles
@@ -158,8 +120,7 @@ create_table credential_profiles_keys "$ROWS"
 # $1: source table, $2: SQL giving each row's group 0, 1 or 2 from its rank n (from 0).
 seed_three_keys() {
     psql -X -q -v ON_ERROR_STOP=1 \
-        -c "CREATE TABLE $1 AS SELECT * FROM keys_one ORDER BY id" \
-        -c "UPDATE $1 t SET secret = credential_reencrypt_value(t.secret, '$KEY_1',
+        -c "CREATE TABLE $1 AS SELECT * FROM keys_one ORDER BY id" -f - <<<"UPDATE $1 t SET secret = credential_reencrypt_value(t.secret, '$KEY_1',
                 CASE r.g WHEN 1 THEN '$KEY_3' ELSE '$KEY_4' END)
               FROM (SELECT id, $2 AS g
                       FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM $1) s) r
@@ -176,7 +137,7 @@ keys_run() {
     settle credential_profiles_keys
     t0=$(now)
     # Without the array form's final NOTICE.
-    PGOPTIONS='-c client_min_messages=warning' psql -X -At -v ON_ERROR_STOP=1 -c "$3" >"$RESULT" ||
+    PGOPTIONS='-c client_min_messages=warning' psql -X -At -v ON_ERROR_STOP=1 <<<"$3" >"$RESULT" ||
         status=$?
     t1=$(now)
     check_run "$1" "$status" "$(cat "$RESULT")" "$keys_rotation_counts"
